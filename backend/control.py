@@ -1,0 +1,193 @@
+"""The backend's side of the control plane: register, lease, load reports, release orders."""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import random
+import time
+from typing import Any
+
+import orjson
+import structlog
+from websockets.asyncio.client import ClientConnection, connect
+from websockets.exceptions import ConnectionClosed, InvalidHandshake, InvalidStatus
+
+from backend.node import Node
+from clientlib.backoff import BackoffPolicy, reconnect_delay
+from clientlib.protocol import Action, CloseHint
+from gateway.routing import SlotTable
+
+log = structlog.get_logger("backend.control")
+
+
+def units_of(raw: Any) -> list[tuple[str, int | str]]:
+    out: list[tuple[str, int | str]] = []
+    for kind, u in raw:
+        if kind == "slot":
+            out.append(("slot", int(u)))
+        elif kind == "key":
+            out.append(("key", str(u)))
+        else:
+            raise ValueError(f"unknown unit kind {kind!r}")
+    return out
+
+
+class ControlClient:
+    def __init__(
+        self,
+        node: Node,
+        url: str,
+        secret: str,
+        *,
+        advertise: str,
+        report_interval: float = 1.0,
+        loop_probe: LoopProbe | None = None,
+    ):
+        self.node = node
+        self.url = url
+        self.secret = secret
+        self.advertise = advertise
+        self.report_interval = report_interval
+        self.probe = loop_probe or LoopProbe()
+        self.ws: ClientConnection | None = None
+        self.registered = asyncio.Event()
+        self._left = asyncio.Event()
+        self.leaving = False
+
+    async def run(self) -> None:
+        attempt = 0
+        policy = BackoffPolicy(base=0.1, cap=2.0)
+        while True:
+            try:
+                async with connect(
+                    self.url,
+                    additional_headers={"Authorization": f"Bearer {self.secret}"},
+                    open_timeout=5,
+                    max_size=16 << 20,
+                    ping_interval=5,
+                    ping_timeout=5,
+                ) as ws:
+                    self.ws = ws
+                    attempt = 0
+                    await self._session(ws)
+            except InvalidStatus as exc:
+                if exc.response.status_code in (401, 403):
+                    log.error(
+                        "control_refused",
+                        status=exc.response.status_code,
+                        hint="check control_secret",
+                    )
+            except (OSError, TimeoutError, InvalidHandshake, ConnectionClosed):
+                pass
+            finally:
+                self.ws = None
+                self.registered.clear()
+            if self.leaving:
+                self._left.set()
+                return
+            delay = reconnect_delay(policy, attempt, Action.RECONNECT, CloseHint(), random.random())
+            attempt += 1
+            await asyncio.sleep(delay or 0.1)
+
+    async def _session(self, ws: ClientConnection) -> None:
+        node = self.node
+        await ws.send(
+            orjson.dumps(
+                {
+                    "t": "register",
+                    "node": node.config.node_id,
+                    "addr": self.advertise,
+                    "capacity": node.meter.capacity,
+                    "keys": node.owned_units(),
+                }
+            )
+        )
+        reporter = asyncio.get_running_loop().create_task(self._report(ws))
+        try:
+            async for raw in ws:
+                self._handle(ws, orjson.loads(raw))
+        finally:
+            reporter.cancel()
+            with contextlib.suppress(asyncio.CancelledError):
+                await reporter
+
+    def _handle(self, ws: ClientConnection, m: dict[str, Any]) -> None:
+        node = self.node
+        t = m.get("t")
+        if t == "table":
+            node.view = SlotTable.from_json(m["table"])
+            self.registered.set()
+        elif t == "release":
+            units = units_of(m["units"])
+            flushed = node.release(units, int(m["epoch"]))
+            log.info("release", move=m["move"], units=len(units), flushed=flushed)
+            self._send(ws, {"t": "released", "move": m["move"], "flushed": flushed})
+        elif t == "commit":
+            closed = node.commit_release(units_of(m["units"]))
+            log.info("release_committed", move=m["move"], sessions_closed=closed)
+        elif t == "abort":
+            node.abort_release(units_of(m["units"]))
+            log.info("release_aborted", move=m["move"])
+        elif t == "left":
+            self._left.set()
+        elif t == "error":
+            log.error("control_error", error=m.get("error"))
+
+    def _send(self, ws: ClientConnection, obj: dict[str, Any]) -> None:
+        asyncio.get_running_loop().create_task(self._send_quiet(ws, orjson.dumps(obj)))
+
+    @staticmethod
+    async def _send_quiet(ws: ClientConnection, data: bytes) -> None:
+        with contextlib.suppress(ConnectionClosed):
+            await ws.send(data)
+
+    async def _report(self, ws: ClientConnection) -> None:
+        while True:
+            lag, busy = self.probe.read()
+            rep = self.node.meter.report(
+                time.monotonic(), sessions=self.node.session_count, loop_lag_ms=lag, busy=busy
+            )
+            await ws.send(orjson.dumps({"t": "report", "load": rep.to_json()}))
+            await asyncio.sleep(self.report_interval)
+
+    async def leave(self, timeout: float = 5.0) -> bool:
+        """Ask the control plane to reassign everything here; True once it confirmed."""
+        self.leaving = True
+        ws = self.ws
+        if ws is None:
+            return False
+        with contextlib.suppress(ConnectionClosed):
+            await ws.send(orjson.dumps({"t": "leave", "node": self.node.config.node_id}))
+        try:
+            await asyncio.wait_for(self._left.wait(), timeout)
+            return True
+        except TimeoutError:
+            return False
+
+
+class LoopProbe:
+    """Event-loop lag (how late a 100 ms timer fires) and busy fraction (CPU time / wall)."""
+
+    def __init__(self, interval: float = 0.1):
+        self.interval = interval
+        self.lag_ms = 0.0
+        self._cpu = time.process_time()
+        self._wall = time.monotonic()
+        self._task: asyncio.Task[None] | None = None
+
+    def start(self) -> None:
+        self._task = asyncio.get_running_loop().create_task(self._run())
+
+    async def _run(self) -> None:
+        while True:
+            t0 = time.monotonic()
+            await asyncio.sleep(self.interval)
+            late = (time.monotonic() - t0 - self.interval) * 1000
+            self.lag_ms += 0.2 * (max(late, 0.0) - self.lag_ms)
+
+    def read(self) -> tuple[float, float]:
+        cpu, wall = time.process_time(), time.monotonic()
+        busy = (cpu - self._cpu) / max(wall - self._wall, 1e-6)
+        self._cpu, self._wall = cpu, wall
+        return self.lag_ms, min(busy, 1.0)

@@ -1,0 +1,185 @@
+"""The backend's WebSocket server: a thin websockets shell around :class:`Node`."""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+from collections import deque
+from http import HTTPStatus
+from urllib.parse import parse_qs, urlsplit
+
+import structlog
+from websockets.asyncio.server import Server, ServerConnection, serve
+from websockets.datastructures import Headers
+from websockets.exceptions import ConnectionClosed
+from websockets.http11 import Request, Response
+
+from backend.node import Node, NotOwner, Session
+from clientlib.protocol import Ack, CloseCode, Hello, Msg, ProtocolError, decode, encode
+
+log = structlog.get_logger("backend.server")
+
+HELLO_TIMEOUT_S = 10.0
+# Messages read but held while a session's outbox is above half full. Reading
+# never stops (acks arrive on the same stream); the client's own window of
+# unacked messages (default 1024) keeps this small.
+MAX_HELD = 4096
+MAX_KEY_LEN = 256
+
+
+class WsWire:
+    """Connects a :class:`Session` to one websockets connection."""
+
+    __slots__ = ("closing", "conn", "event")
+
+    def __init__(self, conn: ServerConnection):
+        self.conn = conn
+        self.event = asyncio.Event()
+        self.closing = False
+
+    def wake(self) -> None:
+        self.event.set()
+
+    def close(self, code: int, reason: str) -> None:
+        if not self.closing:
+            self.closing = True
+            asyncio.get_running_loop().create_task(self.conn.close(code, reason))
+
+
+def route_of(path: str, headers: Headers) -> tuple[str, int | None, int | None]:
+    """(key, slot, epoch) from the gateway's headers, else from ``?key=``. ValueError if bad."""
+    key = headers.get("X-Route-Key")
+    if key is None:
+        keys = parse_qs(urlsplit(path).query).get("key")
+        key = keys[0] if keys else None
+    if not key or len(key) > MAX_KEY_LEN or not key.isprintable():
+        raise ValueError("missing or invalid routing key (use ?key=…)")
+    slot = headers.get("X-Route-Slot")
+    epoch = headers.get("X-Route-Epoch")
+    return key, int(slot) if slot else None, int(epoch) if epoch else None
+
+
+class BackendServer:
+    def __init__(self, node: Node, *, max_message: int = 1 << 20):
+        self.node = node
+        self.max_message = max_message
+        self._routes: dict[int, tuple[str, int]] = {}
+        self.server: Server | None = None
+        self.conns: set[ServerConnection] = set()
+
+    async def start(self, host: str, port: int) -> Server:
+        self.server = await serve(
+            self._handle,
+            host,
+            port,
+            process_request=self._process_request,
+            max_size=self.max_message,
+            ping_interval=20,
+            ping_timeout=20,
+            close_timeout=5,
+            server_header=None,
+        )
+        return self.server
+
+    @property
+    def port(self) -> int:
+        assert self.server is not None
+        return int(next(iter(self.server.sockets)).getsockname()[1])
+
+    def _process_request(self, conn: ServerConnection, request: Request) -> Response | None:
+        if request.path == "/healthz":
+            return conn.respond(HTTPStatus.OK, "ok\n")
+        try:
+            key, slot, epoch = route_of(request.path, request.headers)
+        except ValueError as exc:
+            return conn.respond(HTTPStatus.BAD_REQUEST, f"{exc}\n")
+        try:
+            epoch_ok = self.node.check_owner(key, slot, epoch)
+        except NotOwner as exc:
+            self.node.stats["refused_not_owner"] += 1
+            return conn.respond(HTTPStatus.MISDIRECTED_REQUEST, f"not the owner: {exc}\n")
+        self._routes[id(conn)] = (key, epoch_ok)
+        return None
+
+    async def _handle(self, conn: ServerConnection) -> None:
+        key, epoch = self._routes.pop(id(conn))
+        self.conns.add(conn)
+        try:
+            await self._session(conn, key, epoch)
+        finally:
+            self.conns.discard(conn)
+
+    async def _session(self, conn: ServerConnection, key: str, epoch: int) -> None:
+        node = self.node
+        try:
+            first = await asyncio.wait_for(conn.recv(decode=False), HELLO_TIMEOUT_S)
+            hello = decode(first)
+            if not isinstance(hello, Hello):
+                raise ProtocolError("first envelope must be hello")
+        except (ProtocolError, TimeoutError):
+            await conn.close(CloseCode.SESSION_PROTOCOL_VIOLATION, "")
+            return
+        except ConnectionClosed:
+            return
+        wire = WsWire(conn)
+        try:
+            session, welcome = node.attach(key, epoch, hello, wire)
+        except NotOwner:
+            await conn.close(CloseCode.NOT_OWNER, "")
+            return
+        writer = asyncio.get_running_loop().create_task(self._writer(conn, session, wire))
+        try:
+            await conn.send(encode(welcome), text=True)
+            wire.wake()
+            held: deque[Msg] = deque()  # read but not processed: the outbox is too full
+            while True:
+                env = decode(await conn.recv(decode=False))
+                if type(env) is Msg:
+                    node.receive_ack(session, env.ack)
+                    held.append(env)
+                elif type(env) is Ack:
+                    node.receive_ack(session, env.ack)
+                else:
+                    raise ProtocolError("unexpected envelope after hello")
+                # Back-pressure: a client that does not ack our replies gets its own
+                # input processed no faster than it takes the output.
+                while held and node.has_room(session):
+                    node.receive(session, held.popleft())
+                if len(held) > MAX_HELD:
+                    # Beyond any sane client window: a client ignoring its own limit.
+                    wire.close(CloseCode.SLOW_CONSUMER, "")
+                    return
+        except ProtocolError as exc:
+            log.info("session_protocol_violation", key=key, error=str(exc))
+            wire.close(CloseCode.SESSION_PROTOCOL_VIOLATION, "")
+        except ConnectionClosed:
+            pass
+        finally:
+            writer.cancel()
+            with contextlib.suppress(asyncio.CancelledError):
+                await writer
+            node.detach(session, wire)
+
+    async def _writer(self, conn: ServerConnection, session: Session, wire: WsWire) -> None:
+        """Write what the session's outbox holds beyond what this connection has seen."""
+        with contextlib.suppress(ConnectionClosed):
+            while True:
+                await wire.event.wait()
+                wire.event.clear()
+                if wire.closing:
+                    return
+                ack = session.inbox.last
+                frames = session.outbox.frames_after(session.written, ack)
+                if frames:
+                    session.written = session.outbox.last_seq
+                    session.ack_sent = ack
+                    for f in frames:
+                        await conn.send(f, text=True)
+                elif ack > session.ack_sent:
+                    session.ack_sent = ack
+                    await conn.send(encode(Ack(ack)), text=True)
+
+    async def close_all(self, code: int, reason: str = "") -> None:
+        await asyncio.gather(
+            *(c.close(code, reason) for c in list(self.conns)), return_exceptions=True
+        )

@@ -1,0 +1,444 @@
+"""The cooperating asyncio client.
+
+A :class:`Client` keeps one logical session alive across any number of
+WebSocket connections. It reconnects on its own (full-jitter backoff, server
+hints honoured), resumes with ``hello``, resends what the server has not
+acknowledged and drops what it already delivered, so the app sees every
+message once and in order.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import random
+import time
+from collections import deque
+from collections.abc import AsyncIterator, Callable
+from dataclasses import dataclass, field
+from typing import Any, Literal
+from urllib.parse import urlencode, urlsplit, urlunsplit
+
+import orjson
+from websockets.asyncio.client import ClientConnection, connect
+from websockets.exceptions import ConnectionClosed, InvalidHandshake, InvalidStatus, InvalidURI
+
+from clientlib.backoff import BackoffPolicy, reconnect_delay
+from clientlib.errors import (
+    ClientClosed,
+    ClientError,
+    HandshakeRefused,
+    SendBufferFull,
+    ServerProtocolError,
+    StartTimeout,
+    TerminalClose,
+    Unauthorized,
+)
+from clientlib.protocol import (
+    Ack,
+    Action,
+    CloseCode,
+    CloseHint,
+    Hello,
+    Msg,
+    ProtocolError,
+    Welcome,
+    close_action,
+    decode,
+    encode,
+)
+from clientlib.session import Inbox, Outbox
+
+EventKind = Literal["connected", "disconnected", "moved", "resumed", "not_resumed", "stopped"]
+
+
+@dataclass(frozen=True, slots=True)
+class Event:
+    kind: EventKind
+    code: int | None = None
+    reason: str = ""
+    at: float = field(default_factory=time.monotonic)
+
+
+@dataclass(slots=True)
+class ClientStats:
+    sent: int = 0
+    received: int = 0
+    acked: int = 0
+    duplicates: int = 0
+    connects: int = 0
+    reconnects: int = 0
+    resumes: int = 0
+    not_resumed: int = 0
+    disconnected_s: float = 0.0
+    last_resume_ms: float | None = None  # from losing a connection to the next welcome
+
+
+class Client:
+    """A resumable session to one routing key.
+
+    >>> async with Client("ws://127.0.0.1:9000/ws", "room:1") as c:   # doctest: +SKIP
+    ...     await c.send({"text": "hi"}, wait_ack=True)
+    ...     print(await c.recv())
+    """
+
+    def __init__(
+        self,
+        url: str,
+        key: str,
+        *,
+        token: str | None = None,
+        backoff: BackoffPolicy | None = None,
+        connect_timeout: float = 10.0,
+        start_timeout: float = 30.0,
+        ping_interval: float | None = 20.0,
+        ping_timeout: float | None = 20.0,
+        max_pending: int = 1024,
+        max_pending_bytes: int = 1 << 20,
+        on_full: Literal["wait", "raise"] = "wait",
+        recv_buffer: int = 1024,
+        ack_every: int = 32,
+        ack_delay: float = 0.05,
+        max_message: int = 1 << 20,
+        rand: Callable[[], float] = random.random,
+    ):
+        parts = urlsplit(url)
+        if parts.scheme not in ("ws", "wss") or not parts.hostname:
+            raise ValueError(f"url must be ws:// or wss:// with a host, got {url!r}")
+        if not key or len(key) > 256:
+            raise ValueError("key must be a non-empty string of at most 256 characters")
+        if on_full not in ("wait", "raise"):
+            raise ValueError("on_full must be 'wait' or 'raise'")
+        query = "&".join(q for q in (parts.query, urlencode({"key": key})) if q)
+        self.url = urlunsplit(parts._replace(query=query))
+        self.key = key
+        self.token = token
+        self.backoff = backoff or BackoffPolicy()
+        self.connect_timeout = connect_timeout
+        self.start_timeout = start_timeout
+        self.ping_interval = ping_interval
+        self.ping_timeout = ping_timeout
+        self.on_full = on_full
+        self.ack_every = ack_every
+        self.ack_delay = ack_delay
+        self.max_message = max_message
+        self.rand = rand
+        self.stats = ClientStats()
+        self.sid: str | None = None
+        self.resumed: bool | None = None  # the last welcome's flag
+        self.events: asyncio.Queue[Event] = asyncio.Queue(maxsize=1000)
+        self._outbox = Outbox(max_count=max_pending, max_bytes=max_pending_bytes)
+        self._inbox = Inbox()
+        self._waiters: deque[tuple[int, asyncio.Future[None]]] = deque()
+        self._recv: asyncio.Queue[Any] = asyncio.Queue(maxsize=recv_buffer)
+        self._wake = asyncio.Event()
+        self._room = asyncio.Event()
+        self._up = asyncio.Event()
+        self._ws: ClientConnection | None = None
+        self._written = 0
+        self._ack_sent = 0
+        self._error: ClientError | None = None
+        self._closing = False
+        self._task: asyncio.Task[None] | None = None
+        self._ack_timer: asyncio.TimerHandle | None = None
+
+    # ------------------------------------------------------------------ public API
+
+    async def __aenter__(self) -> Client:
+        await self.start()
+        return self
+
+    async def __aexit__(self, *exc: object) -> None:
+        await self.close()
+
+    async def start(self) -> None:
+        """Connect and wait for the first session (or a terminal error)."""
+        if self._task is None:
+            self._task = asyncio.get_running_loop().create_task(self._run())
+        try:
+            await asyncio.wait_for(self._wait_up(), self.start_timeout)
+        except TimeoutError:
+            await self.close()
+            raise StartTimeout(f"no session with {self.url} within {self.start_timeout}s") from None
+
+    async def _wait_up(self) -> None:
+        while not self._up.is_set():
+            if self._error is not None:
+                raise self._error
+            waiter = asyncio.ensure_future(self._up.wait())
+            assert self._task is not None
+            await asyncio.wait({waiter, self._task}, return_when=asyncio.FIRST_COMPLETED)
+            waiter.cancel()
+            if self._task.done() and not self._up.is_set():
+                raise self._error or ClientClosed("client stopped")
+
+    async def send(self, obj: Any, *, wait_ack: bool = False) -> int:
+        """Queue ``obj`` (JSON-able) for the backend; returns its sequence number.
+
+        With ``wait_ack`` it returns once the backend has processed it. While
+        the buffer is full it waits, or raises :class:`SendBufferFull`.
+        """
+        data = orjson.dumps(obj)
+        while not self._outbox.has_room(len(data)):
+            self._check_open()
+            if self.on_full == "raise":
+                raise SendBufferFull(f"{len(self._outbox)} messages await an ack")
+            self._room.clear()
+            await self._room.wait()
+        self._check_open()
+        seq = self._outbox.push(data)
+        self.stats.sent += 1
+        self._wake.set()
+        if wait_ack:
+            fut = asyncio.get_running_loop().create_future()
+            self._waiters.append((seq, fut))
+            await fut
+        return seq
+
+    async def recv(self) -> Any:
+        """The next message from the backend, exactly once and in order."""
+        while True:
+            if not self._recv.empty():
+                return self._recv.get_nowait()
+            self._check_open()
+            getter = asyncio.ensure_future(self._recv.get())
+            assert self._task is not None
+            await asyncio.wait({getter, self._task}, return_when=asyncio.FIRST_COMPLETED)
+            if getter.done():
+                return getter.result()
+            getter.cancel()
+
+    def __aiter__(self) -> AsyncIterator[Any]:
+        return self._iter()
+
+    async def _iter(self) -> AsyncIterator[Any]:
+        with contextlib.suppress(ClientClosed):
+            while True:
+                yield await self.recv()
+
+    @property
+    def pending(self) -> int:
+        """Messages sent by the app and not yet acknowledged by the backend."""
+        return len(self._outbox)
+
+    async def close(self) -> None:
+        """Close the session for good (code 1000)."""
+        self._closing = True
+        if self._error is None:
+            self._error = ClientClosed("client closed")
+        if self._ws is not None:
+            with contextlib.suppress(Exception):
+                await self._ws.close(CloseCode.NORMAL)
+        if self._task is not None:
+            self._task.cancel()
+            with contextlib.suppress(asyncio.CancelledError, Exception):
+                await self._task
+        self._fail_waiters()
+
+    def _check_open(self) -> None:
+        if self._error is not None:
+            raise self._error
+
+    # ------------------------------------------------------------------ connection loop
+
+    async def _run(self) -> None:
+        attempt = 0
+        lost_at: float | None = None
+        try:
+            while not self._closing:
+                action, hint, lived = await self._connect_once()
+                if lost_at is None:
+                    lost_at = time.monotonic()
+                if self._error is not None or action is Action.STOP:
+                    break
+                attempt = 0 if lived >= self.backoff.stable_after else attempt + 1
+                delay = reconnect_delay(
+                    self.backoff, attempt - 1 if attempt else 0, action, hint, self.rand()
+                )
+                if delay is None:
+                    break
+                await asyncio.sleep(delay)
+                lost_at = self._note_reconnect(lost_at)
+        finally:
+            self._up.clear()
+            self._emit(Event("stopped"))
+            if self._error is None:
+                self._error = ClientClosed("client stopped")
+            self._room.set()
+            self._fail_waiters()
+
+    def _note_reconnect(self, lost_at: float | None) -> float | None:
+        self.stats.reconnects += 1
+        return lost_at
+
+    async def _connect_once(self) -> tuple[Action, CloseHint, float]:
+        """One connection's life; returns what to do next and how long it lived."""
+        headers = {"Authorization": f"Bearer {self.token}"} if self.token else None
+        lost = time.monotonic()
+        try:
+            ws = await connect(
+                self.url,
+                additional_headers=headers,
+                open_timeout=self.connect_timeout,
+                ping_interval=self.ping_interval,
+                ping_timeout=self.ping_timeout,
+                max_size=self.max_message,
+                close_timeout=2,
+            )
+        except InvalidStatus as exc:
+            return self._refused(exc)
+        except (OSError, TimeoutError, InvalidHandshake, InvalidURI):
+            return Action.RECONNECT, CloseHint(), 0.0
+        self._ws = ws
+        started = time.monotonic()
+        try:
+            await self._session(ws, lost)
+        except ProtocolError as exc:
+            self._error = ServerProtocolError(str(exc))
+            await ws.close(CloseCode.SESSION_PROTOCOL_VIOLATION)
+        except ConnectionClosed:
+            pass
+        finally:
+            self._ws = None
+            self._up.clear()
+            if self._ack_timer is not None:
+                self._ack_timer.cancel()
+                self._ack_timer = None
+        code = ws.close_code if ws.close_rcvd is not None else None
+        reason = ws.close_reason or ""
+        self._emit(Event("disconnected", code, reason))
+        if code == CloseCode.MOVED:
+            self._emit(Event("moved", code, reason))
+        action = close_action(code)
+        if action is Action.STOP and self._error is None and not self._closing:
+            cls = Unauthorized if code == CloseCode.UNAUTHORIZED else TerminalClose
+            self._error = cls(code or 0, reason)
+        return action, CloseHint.decode(reason), time.monotonic() - started
+
+    def _refused(self, exc: InvalidStatus) -> tuple[Action, CloseHint, float]:
+        status = exc.response.status_code
+        if status in (429, 503):
+            retry = exc.response.headers.get("Retry-After", "")
+            after = int(retry) * 1000 if retry.isdigit() else None
+            return Action.RETRY_AFTER, CloseHint(after_ms=after), 0.0
+        if status == 401:
+            self._error = Unauthorized(CloseCode.UNAUTHORIZED, "HTTP 401")
+            return Action.STOP, CloseHint(), 0.0
+        if status in (400, 403, 404, 405, 426):
+            body = exc.response.body.decode(errors="replace").strip() if exc.response.body else ""
+            self._error = HandshakeRefused(status, body[:200])
+            return Action.STOP, CloseHint(), 0.0
+        return Action.RECONNECT, CloseHint(), 0.0
+
+    async def _session(self, ws: ClientConnection, lost: float) -> None:
+        await ws.send(encode(Hello(self.sid, self._inbox.last)), text=True)
+        welcome = decode(await asyncio.wait_for(ws.recv(decode=False), self.connect_timeout))
+        if not isinstance(welcome, Welcome):
+            raise ProtocolError("expected welcome")
+        self._welcome(welcome)
+        self.stats.connects += 1
+        self.stats.last_resume_ms = (time.monotonic() - lost) * 1000
+        if self.stats.connects > 1:
+            self.stats.disconnected_s += time.monotonic() - lost
+        self._up.set()
+        writer = asyncio.get_running_loop().create_task(self._writer(ws))
+        try:
+            while True:
+                env = decode(await ws.recv(decode=False))
+                if type(env) is Msg:
+                    self._acked(env.ack)
+                    if self._inbox.accept(env.seq):
+                        self.stats.received += 1
+                        await self._recv.put(env.data)
+                        self._ack_due()
+                    else:
+                        self.stats.duplicates += 1
+                elif type(env) is Ack:
+                    self._acked(env.ack)
+                else:
+                    raise ProtocolError("unexpected envelope")
+        finally:
+            writer.cancel()
+            with contextlib.suppress(asyncio.CancelledError, ConnectionClosed):
+                await writer
+
+    def _welcome(self, w: Welcome) -> None:
+        self.resumed = w.resumed and w.sid == self.sid
+        if self.resumed:
+            self._acked(w.last)
+            self.stats.resumes += 1
+            self._emit(Event("resumed"))
+        else:
+            if self.sid is not None:
+                # The server lost our session: start numbering afresh and resend
+                # whatever was unacked (its fate is unknown; the app is told).
+                self.stats.not_resumed += 1
+                self._emit(Event("not_resumed"))
+                self._renumber()
+            self._inbox = Inbox()
+        self.sid = w.sid
+        self._written = self._outbox.acked
+        self._ack_sent = 0
+        self._emit(Event("connected"))
+
+    def _renumber(self) -> None:
+        old = self._outbox
+        new = Outbox(max_count=old.max_count, max_bytes=old.max_bytes)
+        mapping: dict[int, int] = {}
+        for p in list(old._items):
+            mapping[p.seq] = new.push(p.data_json)
+        self._outbox = new
+        self._waiters = deque((mapping[s], f) for s, f in self._waiters if s in mapping)
+
+    def _acked(self, upto: int) -> None:
+        released = self._outbox.ack(upto)
+        if released:
+            self.stats.acked += released
+            self._room.set()
+        while self._waiters and self._waiters[0][0] <= upto:
+            _, fut = self._waiters.popleft()
+            if not fut.done():
+                fut.set_result(None)
+
+    def _ack_due(self) -> None:
+        if self._inbox.last - self._ack_sent >= self.ack_every:
+            self._wake.set()
+        elif self._ack_timer is None:
+            self._ack_timer = asyncio.get_running_loop().call_later(self.ack_delay, self._ack_now)
+
+    def _ack_now(self) -> None:
+        self._ack_timer = None
+        self._wake.set()
+
+    async def _writer(self, ws: ClientConnection) -> None:
+        while True:
+            ack = self._inbox.last
+            frames = self._outbox.frames_after(self._written, ack)
+            if frames:
+                self._written = self._outbox.last_seq
+                self._ack_sent = ack
+                for f in frames:
+                    await ws.send(f, text=True)
+            elif ack > self._ack_sent:
+                self._ack_sent = ack
+                await ws.send(encode(Ack(ack)), text=True)
+            self._wake.clear()
+            if (
+                self._outbox.last_seq > self._written
+                or self._inbox.last > self._ack_sent + self.ack_every
+            ):
+                continue
+            await self._wake.wait()
+
+    def _emit(self, ev: Event) -> None:
+        if self.events.full():
+            self.events.get_nowait()  # the app is not watching: keep the newest
+        self.events.put_nowait(ev)
+
+    def _fail_waiters(self) -> None:
+        err = self._error or ClientClosed("client closed")
+        while self._waiters:
+            _, fut = self._waiters.popleft()
+            if not fut.done():
+                fut.set_exception(err)
+                fut.exception()  # mark retrieved: the app may not be awaiting it

@@ -1,0 +1,108 @@
+"""``python -m gateway``: run the gateway (data plane, admin API, embedded control plane)."""
+
+from __future__ import annotations
+
+import argparse
+import asyncio
+import signal
+import sys
+
+import structlog
+import uvloop
+
+from clientlib.config import ConfigError, build_config, parse_hostport
+from clientlib.logsetup import configure_logging
+from gateway.admin import AdminAPI
+from gateway.config import GatewayConfig
+from gateway.control.controller import Controller
+from gateway.control.directory import EmbeddedDirectory
+from gateway.directory import RouteSource, StaticDirectory
+from gateway.server import Gateway
+
+log = structlog.get_logger("gateway")
+
+
+def parse_args(argv: list[str] | None) -> argparse.Namespace:
+    p = argparse.ArgumentParser(
+        prog="python -m gateway",
+        description="Sticky WebSocket gateway: routes each upgrade by its key to the owning "
+        "backend and splices bytes. Fronts static backends, or backends that "
+        "register with its embedded control plane.",
+        epilog="example: python -m gateway --listen 127.0.0.1:9000 "
+        "--static-backend 127.0.0.1:9101 --static-backend 127.0.0.1:9102",
+    )
+    p.add_argument("--config", help="TOML file with GatewayConfig fields")
+    p.add_argument("--listen", help="HOST:PORT for clients (default 127.0.0.1:9000)")
+    p.add_argument("--admin-listen", help="HOST:PORT for the admin API (default 127.0.0.1:9090)")
+    p.add_argument("--admin-token", help="bearer token for the admin API")
+    p.add_argument(
+        "--static-backend",
+        action="append",
+        metavar="HOST:PORT",
+        help="a plain WebSocket backend (repeatable); hashed consistently by key",
+    )
+    p.add_argument("--control-secret", help="enable the control plane; backends use this secret")
+    p.add_argument("--jwt-secret", help="require HS256 tokens signed with this secret")
+    p.add_argument("--state-dir", help="where the control plane keeps its table")
+    p.add_argument("--rebalance", choices=["on", "off"], help="move hot keys (default on)")
+    p.add_argument("--max-connections", type=int, help="0 = derive from the descriptor limit")
+    p.add_argument("--log-level", help="debug | info | warning | error")
+    return p.parse_args(argv)
+
+
+async def serve(cfg: GatewayConfig) -> None:
+    directory: RouteSource
+    edir: EmbeddedDirectory | None = None
+    if cfg.static_backend:
+        directory = StaticDirectory(cfg.static_backend)
+    elif cfg.control_secret:
+        edir = EmbeddedDirectory(cfg.state_dir, lease_s=cfg.lease_s)
+        directory = edir
+    else:
+        raise ConfigError(
+            "config: give --static-backend HOST:PORT (repeatable) or "
+            "--control-secret to let backends register"
+        )
+    gw = Gateway(cfg, directory)
+    controller = None
+    if edir is not None:
+        assert cfg.control_secret is not None
+        controller = Controller(gw, edir, cfg.control_secret, rebalance=cfg.rebalance)
+        controller.start()
+    admin = AdminAPI(gw, controller)
+    ahost, aport = parse_hostport(cfg.admin_listen, "admin_listen")
+    await gw.start()
+    admin_port = await admin.start(ahost, aport)
+    log.info("admin_listening", address=f"{ahost}:{admin_port}", control=controller is not None)
+    stop = asyncio.Event()
+    loop = asyncio.get_running_loop()
+    loop.add_signal_handler(signal.SIGTERM, stop.set)
+    loop.add_signal_handler(signal.SIGINT, stop.set)
+    await stop.wait()
+    log.info("gateway_stopping", connections=len(gw.conns))
+    await gw.drain()
+    if controller is not None:
+        await controller.close()
+    await admin.close()
+    await gw.close()
+
+
+def main(argv: list[str] | None = None) -> None:
+    args = parse_args(argv)
+    flags = {k: v for k, v in vars(args).items() if k != "config"}
+    if args.rebalance is not None:
+        flags["rebalance"] = args.rebalance == "on"
+    try:
+        cfg = build_config(GatewayConfig, file=args.config, env_prefix="GATEWAY_", flags=flags)
+        configure_logging(cfg.log_level)
+        uvloop.run(serve(cfg))
+    except (ConfigError, ValueError) as exc:
+        print(f"gateway: {exc}", file=sys.stderr)
+        raise SystemExit(2) from None
+    except OSError as exc:
+        print(f"gateway: cannot listen: {exc}", file=sys.stderr)
+        raise SystemExit(1) from None
+
+
+if __name__ == "__main__":
+    main()

@@ -1,0 +1,190 @@
+"""The admin HTTP API (aiohttp), on its own port, and the backends' control endpoint.
+
+Reads need the admin token when one is configured (``Authorization: Bearer``);
+``/healthz`` and ``/readyz`` are open, for load balancers.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import hmac
+from collections import Counter
+from collections.abc import Awaitable, Callable
+from typing import TYPE_CHECKING, Any
+
+import orjson
+from aiohttp import web
+from prometheus_client import CONTENT_TYPE_LATEST, generate_latest
+
+from gateway.relay import RELAY
+
+if TYPE_CHECKING:
+    from gateway.control.controller import Controller
+    from gateway.server import Gateway
+
+Handler = Callable[[web.Request], Awaitable[web.StreamResponse]]
+
+
+def _json(obj: Any, status: int = 200) -> web.Response:
+    return web.Response(
+        body=orjson.dumps(obj, option=orjson.OPT_NON_STR_KEYS),
+        status=status,
+        content_type="application/json",
+    )
+
+
+def bearer_ok(request: web.Request, secret: str | None) -> bool:
+    if secret is None:
+        return True
+    got = request.headers.get("Authorization", "")
+    return got.startswith("Bearer ") and hmac.compare_digest(got[7:].encode(), secret.encode())
+
+
+class AdminAPI:
+    def __init__(self, gw: Gateway, controller: Controller | None):
+        self.gw = gw
+        self.controller = controller
+        self.app = web.Application(middlewares=[self._auth])
+        r = self.app.router
+        r.add_get("/healthz", self.healthz)
+        r.add_get("/readyz", self.readyz)
+        r.add_get("/metrics", self.metrics)
+        r.add_get("/v1/nodes", self.nodes)
+        r.add_get("/v1/table", self.table)
+        r.add_get("/v1/connections", self.connections)
+        r.add_get("/v1/status", self.status)
+        r.add_post("/v1/drain", self.drain)
+        if controller is not None:
+            r.add_get("/v1/control", controller.control_endpoint)
+            r.add_get("/v1/moves", self.moves)
+            r.add_post("/v1/rebalancer/{action:pause|resume}", self.rebalancer)
+            r.add_post("/v1/move", self.move)
+            r.add_post("/v1/nodes/{node}/drain", self.node_drain)
+        self.runner: web.AppRunner | None = None
+
+    @web.middleware
+    async def _auth(self, request: web.Request, handler: Handler) -> web.StreamResponse:
+        open_paths = ("/healthz", "/readyz", "/v1/control")  # control checks its own secret
+        if request.path not in open_paths and not bearer_ok(request, self.gw.config.admin_token):
+            return _json({"error": "admin token required"}, 401)
+        return await handler(request)
+
+    async def start(self, host: str, port: int) -> int:
+        self.runner = web.AppRunner(self.app, access_log=None)
+        await self.runner.setup()
+        site = web.TCPSite(self.runner, host, port, reuse_address=True)
+        await site.start()
+        sockets = getattr(site._server, "sockets", None) or []
+        return int(sockets[0].getsockname()[1]) if sockets else port
+
+    async def close(self) -> None:
+        if self.runner is not None:
+            await self.runner.cleanup()
+
+    # ------------------------------------------------------------------ reads
+
+    async def healthz(self, request: web.Request) -> web.Response:
+        return web.Response(text="ok\n")
+
+    async def readyz(self, request: web.Request) -> web.Response:
+        ready = not self.gw.draining and (self.controller is None or self.controller.ready())
+        return web.Response(
+            text="ready\n" if ready else "not ready\n", status=200 if ready else 503
+        )
+
+    async def metrics(self, request: web.Request) -> web.Response:
+        self.gw.metrics.connections.set(len(self.gw.conns))
+        return web.Response(
+            body=generate_latest(self.gw.metrics.registry),
+            headers={"Content-Type": CONTENT_TYPE_LATEST},
+        )
+
+    async def nodes(self, request: web.Request) -> web.Response:
+        return _json(self.gw.directory.view())
+
+    async def table(self, request: web.Request) -> web.Response:
+        t = getattr(self.gw.directory, "table", None)
+        if t is None:
+            return _json({"error": "no table"}, 404)
+        if request.query.get("full"):
+            return _json(t.to_json())
+        counts = Counter(n for n in t.owners)
+        return _json(
+            {
+                "version": t.version,
+                "slots": len(t.owners),
+                "slots_by_node": dict(counts),
+                "overrides": {k: list(v) for k, v in t.overrides.items()},
+            }
+        )
+
+    async def connections(self, request: web.Request) -> web.Response:
+        by_key: Counter[str] = Counter()
+        by_node: Counter[str] = Counter()
+        for c in self.gw.conns:
+            if c.state == RELAY:
+                by_key[c.key] += 1
+                by_node[c.node] += 1
+        limit = int(request.query.get("limit", "100"))
+        return _json(
+            {
+                "total": sum(by_key.values()),
+                "by_node": dict(by_node),
+                "by_key": dict(by_key.most_common(limit)),
+            }
+        )
+
+    async def status(self, request: web.Request) -> web.Response:
+        """One document with what a dashboard or the loadtest polls twice a second."""
+        out: dict[str, Any] = {
+            "connections": len(self.gw.conns),
+            "draining": self.gw.draining,
+            "rejected": {
+                s.labels["status"]: int(s.value)
+                for m in self.gw.metrics.rejected.collect()
+                for s in m.samples
+                if s.name.endswith("_total")
+            },
+        }
+        if self.controller is not None:
+            out.update(self.controller.status())
+        return _json(out)
+
+    async def moves(self, request: web.Request) -> web.Response:
+        assert self.controller is not None
+        return _json({"moves": list(self.controller.history)})
+
+    # ------------------------------------------------------------------ writes
+
+    async def drain(self, request: web.Request) -> web.Response:
+        asyncio.get_running_loop().create_task(self.gw.drain())
+        return _json({"draining": True}, 202)
+
+    async def rebalancer(self, request: web.Request) -> web.Response:
+        assert self.controller is not None
+        self.controller.paused = request.match_info["action"] == "pause"
+        return _json({"paused": self.controller.paused})
+
+    async def move(self, request: web.Request) -> web.Response:
+        assert self.controller is not None
+        try:
+            body = await request.json(loads=orjson.loads)
+            unit: tuple[str, int | str] = (
+                ("key", str(body["key"])) if "key" in body else ("slot", int(body["slot"]))
+            )
+            to = str(body["to"])
+        except (ValueError, KeyError, TypeError):
+            return _json({"error": 'body must be {"key": K | "slot": N, "to": NODE}'}, 400)
+        try:
+            move_id = await self.controller.manual_move(unit, to, pin=bool(body.get("pin")))
+        except ValueError as exc:
+            return _json({"error": str(exc)}, 409)
+        return _json({"move": move_id})
+
+    async def node_drain(self, request: web.Request) -> web.Response:
+        assert self.controller is not None
+        try:
+            n = await self.controller.drain_node(request.match_info["node"])
+        except ValueError as exc:
+            return _json({"error": str(exc)}, 404)
+        return _json({"moves": n})

@@ -1,0 +1,1 @@
+"""The embedded control plane: directory, rebalancer and move orchestration."""

@@ -1,0 +1,228 @@
+"""The embedded directory: membership, leases, the slot table, the latest loads.
+
+It implements the data plane's :class:`~gateway.directory.RouteSource`, and
+keeps the table on disk (atomically replaced on each change) so a gateway
+restart moves nothing: nodes known before the restart keep their slots and
+get a grace lease to re-register.
+"""
+
+from __future__ import annotations
+
+import os
+import time
+from collections.abc import Callable
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+import orjson
+import structlog
+
+from gateway.control.rebalancer import NodeLoad, Unit
+from gateway.routing import NUM_SLOTS, Route, SlotTable
+
+log = structlog.get_logger("gateway.directory")
+
+
+@dataclass(slots=True)
+class NodeEntry:
+    id: str
+    addr: tuple[str, int]
+    capacity: float
+    lease_until: float
+    alive: bool = True
+    leaving: bool = False
+    load: dict[str, Any] = field(default_factory=dict)
+    registered: bool = False  # registered since this gateway started
+
+    def to_load(self) -> NodeLoad:
+        ld = self.load
+        return NodeLoad(
+            node=self.id,
+            capacity=self.capacity,
+            rate=float(ld.get("rate", 0.0)),
+            pressure=bool(ld.get("pressure", False)),
+            slots={int(s): float(r) for s, r in ld.get("slots", {}).items()},
+            hot_keys=tuple((str(k), int(s), float(r)) for k, s, r in ld.get("hot_keys", [])),
+        )
+
+
+class EmbeddedDirectory:
+    def __init__(
+        self,
+        state_dir: str | Path,
+        *,
+        lease_s: float = 3.0,
+        num_slots: int = NUM_SLOTS,
+        clock: Callable[[], float] = time.monotonic,
+    ):
+        self.path = Path(state_dir) / "directory.json"
+        self.lease_s = lease_s
+        self.clock = clock
+        self.nodes: dict[str, NodeEntry] = {}
+        self.table = SlotTable.empty(num_slots)
+        self.epoch = 0  # global counter: every ownership change takes the next value
+        self._load()
+
+    # ------------------------------------------------------------------ persistence
+
+    def _load(self) -> None:
+        try:
+            obj = orjson.loads(self.path.read_bytes())
+        except FileNotFoundError:
+            return
+        except (OSError, orjson.JSONDecodeError) as exc:
+            raise ValueError(f"directory file {self.path} is unreadable: {exc}") from exc
+        self.table = SlotTable.from_json(obj["table"])
+        self.epoch = int(obj["epoch"])
+        grace = self.clock() + 3 * self.lease_s
+        for n in obj.get("nodes", []):
+            self.nodes[n["id"]] = NodeEntry(
+                n["id"], (n["host"], int(n["port"])), float(n["capacity"]), grace
+            )
+        log.info("directory_restored", nodes=len(self.nodes), epoch=self.epoch)
+
+    def save(self) -> None:
+        self.path.parent.mkdir(parents=True, exist_ok=True)
+        tmp = self.path.with_suffix(".tmp")
+        tmp.write_bytes(
+            orjson.dumps(
+                {
+                    "epoch": self.epoch,
+                    "table": self.table.to_json(),
+                    "nodes": [
+                        {"id": n.id, "host": n.addr[0], "port": n.addr[1], "capacity": n.capacity}
+                        for n in self.nodes.values()
+                        if n.alive
+                    ],
+                }
+            )
+        )
+        os.replace(tmp, self.path)
+
+    # ------------------------------------------------------------------ RouteSource
+
+    def route(self, key: str) -> Route | None:
+        return self.table.route(key)
+
+    def address(self, node: str) -> tuple[str, int] | None:
+        n = self.nodes.get(node)
+        return n.addr if n is not None and n.alive else None
+
+    def fallback(self, key: str, exclude: set[str]) -> str | None:
+        return None  # the owner is authoritative: another node would only answer 421
+
+    def view(self) -> dict[str, Any]:
+        counts: dict[str | None, int] = {}
+        for o in self.table.owners:
+            counts[o] = counts.get(o, 0) + 1
+        now = self.clock()
+        return {
+            "mode": "control-plane",
+            "epoch": self.epoch,
+            "nodes": [
+                {
+                    "id": n.id,
+                    "address": f"{n.addr[0]}:{n.addr[1]}",
+                    "alive": n.alive,
+                    "leaving": n.leaving,
+                    "capacity": n.capacity,
+                    "slots": counts.get(n.id, 0),
+                    "lease_left_s": round(n.lease_until - now, 2),
+                    "load": n.load,
+                }
+                for n in self.nodes.values()
+            ],
+        }
+
+    # ------------------------------------------------------------------ membership
+
+    def register(self, node: str, addr: tuple[str, int], capacity: float) -> NodeEntry:
+        e = self.nodes.get(node)
+        now = self.clock()
+        if e is None or not e.alive:
+            e = NodeEntry(node, addr, capacity, now + self.lease_s)
+            self.nodes[node] = e
+        e.addr, e.capacity, e.alive, e.leaving = addr, capacity, True, False
+        e.lease_until = now + self.lease_s
+        e.registered = True
+        self.save()
+        return e
+
+    def renew(self, node: str, load: dict[str, Any] | None = None) -> None:
+        e = self.nodes.get(node)
+        if e is not None and e.alive:
+            e.lease_until = self.clock() + self.lease_s
+            if load is not None:
+                e.load = load
+
+    def live(self) -> list[NodeEntry]:
+        return [n for n in self.nodes.values() if n.alive and not n.leaving]
+
+    def expire(self) -> list[str]:
+        """Mark nodes whose lease ran out as dead; returns their ids."""
+        now = self.clock()
+        dead = [n for n in self.nodes.values() if n.alive and n.lease_until < now]
+        for n in dead:
+            n.alive = False
+            n.load = {}
+        return [n.id for n in dead]
+
+    # ------------------------------------------------------------------ ownership
+
+    def next_epoch(self) -> int:
+        self.epoch += 1
+        return self.epoch
+
+    def owner_of(self, unit: Unit) -> str | None:
+        kind, u = unit
+        if kind == "slot":
+            return self.table.owners[int(u)]
+        ov = self.table.overrides.get(str(u))
+        if ov is not None:
+            return ov[0]
+        route = self.table.route(str(u))
+        return route.node if route else None
+
+    def assign(self, unit: Unit, node: str, epoch: int) -> None:
+        kind, u = unit
+        if kind == "slot":
+            self.table.set_slot(int(u), node, epoch)
+        else:
+            self.table.set_override(str(u), node, epoch)
+
+    def units_of(self, node: str) -> list[Unit]:
+        units: list[Unit] = [("slot", s) for s in self.table.slots_of(node)]
+        units += [("key", k) for k, (n, _) in self.table.overrides.items() if n == node]
+        return units
+
+    def spread(self, units: list[Unit], targets: list[str]) -> dict[str, list[Unit]]:
+        """Assign units over ``targets``, least loaded first, bumping epochs. Saves once."""
+        if not targets:
+            return {}
+        load = {
+            t: float(self.nodes[t].load.get("rate", 0.0)) / self.nodes[t].capacity for t in targets
+        }
+        count = dict.fromkeys(targets, 0)
+        for o in self.table.owners:
+            if o in count:
+                count[o] += 1
+        out: dict[str, list[Unit]] = {t: [] for t in targets}
+        for unit in units:
+            t = min(targets, key=lambda n: (load[n], count[n]))
+            count[t] += 1
+            self.assign(unit, t, self.next_epoch())
+            out[t].append(unit)
+        self.save()
+        return out
+
+    def assign_unowned(self) -> int:
+        """Give slots nobody owns to the live nodes, evenly (first start)."""
+        live = sorted(n.id for n in self.live())
+        free = [s for s, o in enumerate(self.table.owners) if o is None]
+        if not live or not free:
+            return 0
+        for i, s in enumerate(free):
+            self.table.set_slot(s, live[i % len(live)], self.next_epoch())
+        self.save()
+        return len(free)

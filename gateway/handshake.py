@@ -1,0 +1,188 @@
+"""The upgrade handshake on both hops, parsed with h11. Sans-I/O.
+
+Client side: validate the upgrade (RFC 6455 §4.2.1) and extract the routing
+key and token. Backend side: build the forwarded request and read the answer.
+Rejections are short HTTP responses; nothing here touches a socket.
+"""
+
+from __future__ import annotations
+
+import base64
+import binascii
+from dataclasses import dataclass
+from http import HTTPStatus
+from urllib.parse import parse_qs, urlsplit
+
+import h11
+
+MAX_KEY_LEN = 256
+
+
+class HandshakeError(Exception):
+    """The upgrade is refused with an HTTP status; ``headers`` go into the response."""
+
+    def __init__(self, status: int, reason: str, headers: tuple[tuple[str, str], ...] = ()):
+        super().__init__(reason)
+        self.status = status
+        self.reason = reason
+        self.headers = headers
+
+
+@dataclass(frozen=True, slots=True)
+class Upgrade:
+    target: str
+    headers: list[tuple[bytes, bytes]]
+    key: str
+    token: str | None
+    origin: str | None
+
+
+def http_response(status: int, body: str = "", headers: tuple[tuple[str, str], ...] = ()) -> bytes:
+    phrase = HTTPStatus(status).phrase
+    text = (body or phrase) + "\n"
+    extra = "".join(f"{k}: {v}\r\n" for k, v in headers)
+    return (
+        f"HTTP/1.1 {status} {phrase}\r\nContent-Type: text/plain; charset=utf-8\r\n"
+        f"Content-Length: {len(text.encode())}\r\nConnection: close\r\n{extra}\r\n{text}"
+    ).encode()
+
+
+class UpgradeParser:
+    """Feed client bytes; returns an :class:`Upgrade` once a valid request is complete."""
+
+    __slots__ = ("_conn", "key_header", "path_prefix", "trailing")
+
+    def __init__(
+        self, *, max_bytes: int = 16384, path_prefix: str = "/", key_header: str = "x-routing-key"
+    ):
+        self._conn = h11.Connection(h11.SERVER, max_incomplete_event_size=max_bytes)
+        self.path_prefix = path_prefix
+        self.key_header = key_header.lower().encode()
+        self.trailing = b""
+
+    def feed(self, data: bytes) -> Upgrade | None:
+        conn = self._conn
+        try:
+            conn.receive_data(data)
+            event = conn.next_event()
+        except h11.RemoteProtocolError as exc:
+            status = exc.error_status_hint
+            raise HandshakeError(
+                status if status in (400, 413, 414, 431) else 400, "malformed HTTP request"
+            ) from exc
+        if event is h11.NEED_DATA:
+            return None
+        if not isinstance(event, h11.Request):
+            raise HandshakeError(400, "malformed HTTP request")
+        upgrade = self._validate(event)
+        # Anything after the request head (a client that did not wait for 101) is kept.
+        try:
+            while conn.next_event() not in (h11.PAUSED, h11.NEED_DATA):
+                pass
+        except h11.RemoteProtocolError as exc:
+            raise HandshakeError(400, "upgrade request with a body") from exc
+        self.trailing = conn.trailing_data[0]
+        return upgrade
+
+    def _validate(self, req: h11.Request) -> Upgrade:
+        if req.method != b"GET":
+            raise HandshakeError(405, "WebSocket upgrades use GET", (("Allow", "GET"),))
+        target = req.target.decode("latin-1")
+        parts = urlsplit(target)
+        if not parts.path.startswith(self.path_prefix):
+            raise HandshakeError(404, "no WebSocket endpoint at this path")
+        h: dict[bytes, bytes] = {}
+        for name, value in req.headers:
+            h[name] = h[name] + b"," + value if name in h else value
+        if b"websocket" not in [t.strip() for t in h.get(b"upgrade", b"").lower().split(b",")]:
+            raise HandshakeError(
+                426,
+                "this endpoint needs a WebSocket upgrade",
+                (("Upgrade", "websocket"), ("Sec-WebSocket-Version", "13")),
+            )
+        if b"upgrade" not in [t.strip() for t in h.get(b"connection", b"").lower().split(b",")]:
+            raise HandshakeError(400, "Connection header must include Upgrade")
+        if h.get(b"sec-websocket-version", b"").strip() != b"13":
+            raise HandshakeError(
+                426, "unsupported WebSocket version", (("Sec-WebSocket-Version", "13"),)
+            )
+        try:
+            raw = base64.b64decode(h.get(b"sec-websocket-key", b""), validate=True)
+        except (binascii.Error, ValueError):
+            raw = b""
+        if len(raw) != 16:
+            raise HandshakeError(400, "missing or invalid Sec-WebSocket-Key")
+        query = parse_qs(parts.query)
+        key = query.get("key", [None])[0] or _text(h.get(self.key_header))
+        if not key:
+            raise HandshakeError(400, "missing routing key (?key=… or header)")
+        if len(key) > MAX_KEY_LEN or not key.isprintable():
+            raise HandshakeError(400, "invalid routing key")
+        token = query.get("token", [None])[0]
+        auth = _text(h.get(b"authorization"))
+        if token is None and auth and auth.lower().startswith("bearer "):
+            token = auth[7:].strip()
+        return Upgrade(target, list(req.headers), key, token, _text(h.get(b"origin")))
+
+
+def _text(v: bytes | None) -> str | None:
+    return None if v is None else v.decode("latin-1")
+
+
+# Headers the gateway sets itself; a client's own copies are dropped (never trusted).
+_OWN_HEADERS = frozenset(
+    {
+        b"x-route-key",
+        b"x-route-slot",
+        b"x-route-epoch",
+        b"x-forwarded-for",
+        b"x-request-id",
+        b"authorization",
+    }
+)
+
+
+def forward_request(
+    up: Upgrade, *, key: str, slot: int, epoch: int, client_ip: str, request_id: str
+) -> tuple[h11.Connection, bytes]:
+    """The upgrade to send to a backend, and the h11 connection to read its answer with."""
+    headers = [(n, v) for n, v in up.headers if n not in _OWN_HEADERS]
+    headers += [
+        (b"x-route-key", key.encode()),
+        (b"x-route-slot", str(slot).encode()),
+        (b"x-route-epoch", str(epoch).encode()),
+        (b"x-forwarded-for", client_ip.encode()),
+        (b"x-request-id", request_id.encode()),
+    ]
+    conn = h11.Connection(h11.CLIENT, max_incomplete_event_size=16384)
+    data = conn.send(h11.Request(method="GET", target=up.target, headers=headers))
+    return conn, data or b""
+
+
+@dataclass(frozen=True, slots=True)
+class BackendAnswer:
+    status: int
+    headers: list[tuple[bytes, bytes]]
+    trailing: bytes
+
+
+def read_answer(conn: h11.Connection, data: bytes) -> BackendAnswer | None:
+    """Feed backend bytes; the answer once its head is complete. HandshakeError(502) if bad."""
+    try:
+        conn.receive_data(data)
+        event = conn.next_event()
+    except h11.RemoteProtocolError as exc:
+        raise HandshakeError(502, "bad answer from backend") from exc
+    if event is h11.NEED_DATA:
+        return None
+    if isinstance(event, h11.InformationalResponse) and event.status_code == 101:
+        return BackendAnswer(101, list(event.headers), conn.trailing_data[0])
+    if isinstance(event, h11.Response | h11.InformationalResponse):
+        return BackendAnswer(event.status_code, list(event.headers), b"")
+    raise HandshakeError(502, "bad answer from backend")
+
+
+def switching_protocols(headers: list[tuple[bytes, bytes]]) -> bytes:
+    """The backend's 101, passed back to the client with its own headers."""
+    lines = b"".join(n + b": " + v + b"\r\n" for n, v in headers)
+    return b"HTTP/1.1 101 Switching Protocols\r\n" + lines + b"\r\n"

@@ -1,0 +1,355 @@
+"""The data plane: one client socket spliced to one backend socket.
+
+Each proxied connection is two asyncio protocols sharing a :class:`Link`.
+Before ``101`` the client side parses the upgrade and the link opens the
+backend hop; after it, bytes flow untouched both ways while a
+:class:`~gateway.frames.FrameTracker` per direction reads only frame headers.
+
+Flow control is the transports': when one side's write buffer passes its
+high-water mark, reading from the other side pauses. A client that keeps its
+buffer full for ``slow_consumer_s`` is cut off (close 4001).
+"""
+
+from __future__ import annotations
+
+import asyncio
+import os
+import socket
+import time
+from typing import TYPE_CHECKING, cast
+
+from clientlib.protocol import CloseCode, CloseHint
+from gateway.frames import FrameTracker, close_frame
+from gateway.handshake import (
+    HandshakeError,
+    UpgradeParser,
+    http_response,
+    read_answer,
+    switching_protocols,
+)
+
+if TYPE_CHECKING:
+    import h11
+
+    from gateway.server import Gateway
+
+HANDSHAKE, CONNECTING, RELAY, CLOSING, CLOSED = range(5)
+
+
+def _keepalive(transport: asyncio.BaseTransport) -> None:
+    sock = transport.get_extra_info("socket")
+    if sock is None:
+        return
+    try:
+        sock.setsockopt(socket.SOL_SOCKET, socket.SO_KEEPALIVE, 1)
+        sock.setsockopt(socket.IPPROTO_TCP, socket.TCP_KEEPIDLE, 60)
+        sock.setsockopt(socket.IPPROTO_TCP, socket.TCP_KEEPINTVL, 10)
+        sock.setsockopt(socket.IPPROTO_TCP, socket.TCP_KEEPCNT, 3)
+        sock.setsockopt(socket.IPPROTO_TCP, socket.TCP_NODELAY, 1)
+    except OSError:
+        pass
+
+
+class ClientSide(asyncio.Protocol):
+    """The client hop; owns the link's lifecycle."""
+
+    __slots__ = (
+        "answer_conn",
+        "b2c",
+        "backend",
+        "c2b",
+        "close_code",
+        "closed_by",
+        "drain_pending",
+        "gw",
+        "idle_mark",
+        "idle_ticks",
+        "key",
+        "node",
+        "parser",
+        "paused_since",
+        "peer_ip",
+        "pending",
+        "started",
+        "state",
+        "timer",
+        "transport",
+    )
+
+    def __init__(self, gw: Gateway):
+        self.gw = gw
+        self.state = HANDSHAKE
+        self.transport: asyncio.Transport | None = None
+        self.backend: BackendSide | None = None
+        self.parser: UpgradeParser | None = UpgradeParser(
+            max_bytes=gw.config.max_handshake_bytes,
+            path_prefix=gw.config.path_prefix,
+            key_header=gw.config.key_header,
+        )
+        cfg = gw.config
+        self.c2b = FrameTracker(masked=True, max_frame=cfg.max_frame_bytes)
+        self.b2c = FrameTracker(masked=False, max_frame=1 << 62)
+        self.key = ""
+        self.node = ""
+        self.peer_ip = ""
+        self.started = 0.0
+        self.timer: asyncio.TimerHandle | None = None
+        self.paused_since: float | None = None
+        self.closed_by = ""
+        self.close_code: int | None = None
+        self.answer_conn: h11.Connection | None = None
+        self.pending = b""
+        self.drain_pending = False
+        self.idle_mark = 0
+        self.idle_ticks = 0
+
+    # ------------------------------------------------------------------ handshake
+
+    def connection_made(self, transport: asyncio.BaseTransport) -> None:
+        transport = cast(asyncio.Transport, transport)  # uvloop's are not subclasses
+        self.transport = transport
+        self.started = time.monotonic()
+        peer = transport.get_extra_info("peername")
+        self.peer_ip = peer[0] if peer else ""
+        transport.set_write_buffer_limits(high=self.gw.config.write_high_water)
+        gw = self.gw
+        gw.conns.add(self)
+        gw.metrics.accepted.inc()
+        if len(gw.conns) > gw.max_connections:
+            self.reject(HandshakeError(503, "gateway at connection limit", (("Retry-After", "5"),)))
+            return
+        self.timer = gw.loop.call_later(gw.config.handshake_timeout_s, self.handshake_timeout)
+
+    def handshake_timeout(self) -> None:
+        if self.state < RELAY:
+            self.gw.metrics.rejected.labels("408").inc()
+            self.closed_by = "timeout"
+            self.abort()
+
+    def data_received(self, data: bytes) -> None:
+        if self.state == RELAY:
+            code = self.c2b.feed(data)
+            if code:
+                self.violation(code)
+                return
+            assert self.backend is not None
+            self.backend.transport.write(data)
+            return
+        if self.state == HANDSHAKE:
+            self.handshake_data(data)
+        elif self.state == CONNECTING:
+            # A client must wait for 101 (RFC 6455 §4.1); keep a bounded amount anyway.
+            self.pending += data
+            if len(self.pending) > self.gw.config.max_handshake_bytes:
+                self.reject(HandshakeError(400, "data before the handshake completed"))
+
+    def handshake_data(self, data: bytes) -> None:
+        assert self.parser is not None
+        try:
+            up = self.parser.feed(data)
+            if up is None:
+                return
+            self.pending = self.parser.trailing
+            self.parser = None
+            self.key = up.key
+            self.gw.admit(up)
+        except HandshakeError as exc:
+            self.reject(exc)
+            return
+        self.state = CONNECTING
+        self.gw.loop.create_task(self.gw.connect_backend(self, up))
+
+    def reject(self, exc: HandshakeError) -> None:
+        self.gw.metrics.rejected.labels(str(exc.status)).inc()
+        self.closed_by = "gateway"
+        if self.transport is not None and not self.transport.is_closing():
+            self.transport.write(http_response(exc.status, exc.reason, exc.headers))
+            self.transport.close()
+        self.state = CLOSED
+
+    def start_relay(
+        self, backend: BackendSide, headers: list[tuple[bytes, bytes]], trailing: bytes
+    ) -> None:
+        """The backend said 101: pass it on and start splicing."""
+        if self.state != CONNECTING or self.transport is None or self.transport.is_closing():
+            backend.transport.abort()
+            return
+        if self.timer is not None:
+            self.timer.cancel()
+            self.timer = None
+        self.backend = backend
+        self.node = backend.node
+        self.state = RELAY
+        self.gw.metrics.upgraded.inc()
+        _keepalive(self.transport)
+        self.transport.write(switching_protocols(headers))
+        if trailing:
+            backend.data_received(trailing)
+        if self.pending:
+            pending, self.pending = self.pending, b""
+            self.data_received(pending)
+
+    # ------------------------------------------------------------------ relay
+
+    def violation(self, code: int) -> None:
+        """The client broke the framing rules (1002) or sent a frame too big (1009)."""
+        self.gw.metrics.violations.labels(str(code)).inc()
+        self.closed_by = "gateway"
+        self.close_code = code
+        if self.transport is not None:
+            if self.b2c.at_boundary:
+                self.transport.write(close_frame(code))
+            self.transport.close()
+        self.close_backend(CloseCode.GOING_AWAY)
+        self.state = CLOSING
+
+    def close_backend(self, code: int) -> None:
+        b = self.backend
+        if b is not None and not b.transport.is_closing():
+            if self.c2b.at_boundary:
+                b.transport.write(close_frame(code, mask=os.urandom(4)))
+            b.transport.close()
+
+    def drain_close(self, code: int = CloseCode.GOING_AWAY, reason: str = "") -> None:
+        """Close with our own frame at a frame boundary of the backend→client stream."""
+        if self.state != RELAY:
+            if self.state < RELAY:
+                self.reject(HandshakeError(503, "gateway draining", (("Retry-After", "1"),)))
+            return
+        if not self.b2c.at_boundary:
+            self.drain_pending = True
+            return
+        assert self.transport is not None
+        self.drain_pending = False
+        self.closed_by = "gateway"
+        self.close_code = code
+        self.transport.write(close_frame(code, reason))
+        self.close_backend(CloseCode.GOING_AWAY)
+        self.state = CLOSING
+        # The client answers our close; if it does not, stop waiting.
+        self.gw.loop.call_later(5.0, self.abort)
+
+    def backend_data(self, data: bytes) -> None:
+        if self.state != RELAY:
+            return  # after our close frame, nothing more may go to the client
+        assert self.transport is not None
+        self.transport.write(data)
+        if self.b2c.feed(data):
+            # The backend broke framing: stop relaying and close both hops.
+            self.closed_by = "backend"
+            self.abort()
+            return
+        if self.drain_pending and self.b2c.at_boundary:
+            self.drain_close(CloseCode.GOING_AWAY, self.gw.drain_hint)
+
+    def pause_writing(self) -> None:
+        # The client is not reading fast enough: stop reading from its backend.
+        if self.backend is not None:
+            self.backend.transport.pause_reading()
+        self.paused_since = time.monotonic()
+
+    def resume_writing(self) -> None:
+        self.paused_since = None
+        if self.backend is not None and not self.backend.transport.is_closing():
+            self.backend.transport.resume_reading()
+
+    def cut_slow_consumer(self) -> None:
+        self.gw.metrics.slow_consumers.inc()
+        self.closed_by = "gateway"
+        self.close_code = CloseCode.SLOW_CONSUMER
+        if self.transport is not None and self.b2c.at_boundary:
+            self.transport.write(close_frame(CloseCode.SLOW_CONSUMER))
+        self.close_backend(CloseCode.GOING_AWAY)
+        self.abort()
+
+    def abort(self) -> None:
+        if self.transport is not None:
+            self.transport.abort()
+        if self.backend is not None:
+            self.backend.transport.abort()
+
+    def connection_lost(self, exc: Exception | None) -> None:
+        if self.timer is not None:
+            self.timer.cancel()
+        if not self.closed_by:
+            self.closed_by = "client"
+        was_relaying = self.state in (RELAY, CLOSING)
+        self.state = CLOSED
+        b = self.backend
+        if b is not None and not b.transport.is_closing():
+            if self.c2b.close_seen:
+                b.transport.close()  # the close frame went through; let it flush
+            else:
+                b.transport.abort()
+        if self.transport is not None:
+            self.transport = None
+        self.gw.conn_closed(self, was_relaying)
+
+
+class BackendSide(asyncio.Protocol):
+    """The backend hop: first reads the upgrade answer, then relays to the client."""
+
+    __slots__ = ("answer", "client", "conn", "node", "relaying", "transport")
+
+    def __init__(self, client: ClientSide, node: str, conn: h11.Connection):
+        self.client = client
+        self.node = node
+        self.conn: h11.Connection | None = conn
+        self.answer: asyncio.Future[tuple[int, list[tuple[bytes, bytes]], bytes]] = (
+            client.gw.loop.create_future()
+        )
+        self.transport: asyncio.Transport = None  # type: ignore[assignment]
+        self.relaying = False
+
+    def connection_made(self, transport: asyncio.BaseTransport) -> None:
+        transport = cast(asyncio.Transport, transport)  # uvloop's are not subclasses
+        self.transport = transport
+        transport.set_write_buffer_limits(high=self.client.gw.config.write_high_water)
+        _keepalive(transport)
+
+    def data_received(self, data: bytes) -> None:
+        if self.relaying:
+            self.client.backend_data(data)
+            return
+        assert self.conn is not None
+        try:
+            ans = read_answer(self.conn, data)
+        except HandshakeError:
+            if not self.answer.done():
+                self.answer.set_result((502, [], b""))
+            return
+        if ans is not None and not self.answer.done():
+            self.conn = None
+            self.relaying = ans.status == 101
+            self.answer.set_result((ans.status, ans.headers, ans.trailing))
+
+    def pause_writing(self) -> None:
+        t = self.client.transport
+        if t is not None:
+            t.pause_reading()
+
+    def resume_writing(self) -> None:
+        t = self.client.transport
+        if t is not None and not t.is_closing():
+            t.resume_reading()
+
+    def connection_lost(self, exc: Exception | None) -> None:
+        if not self.answer.done():
+            self.answer.set_result((502, [], b""))
+            return
+        c = self.client
+        if c.backend is not self:
+            return
+        if c.state == RELAY:
+            if not c.closed_by:
+                # Whoever sent the first close frame closed the connection.
+                c.closed_by = "client" if c.c2b.close_seen else "backend"
+            if c.b2c.close_seen:
+                c.close_code = c.b2c.close_code
+            t = c.transport
+            if t is not None:
+                if not c.b2c.close_seen and c.b2c.at_boundary:
+                    # The backend vanished without a close frame: tell the client to come back.
+                    t.write(close_frame(CloseCode.GOING_AWAY, CloseHint(window_ms=1000).encode()))
+                t.close()
+            c.state = CLOSING

@@ -1,0 +1,257 @@
+"""The gateway process: listeners, routing of upgrades, drain, housekeeping."""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import resource
+import secrets
+import ssl
+import time
+from collections.abc import Callable
+
+import structlog
+
+from clientlib.config import parse_hostport
+from clientlib.protocol import CloseCode, CloseHint
+from gateway.auth import TokenVerifier
+from gateway.config import GatewayConfig
+from gateway.directory import RouteSource
+from gateway.handshake import HandshakeError, Upgrade, forward_request
+from gateway.metrics import GatewayMetrics
+from gateway.relay import CONNECTING, RELAY, BackendSide, ClientSide
+
+log = structlog.get_logger("gateway")
+
+FD_RESERVE = 64  # descriptors kept for listeners, logs, the store, the admin API
+
+
+def raise_fd_limit() -> int:
+    """Raise the soft descriptor limit to the hard one; returns the new soft limit."""
+    soft, hard = resource.getrlimit(resource.RLIMIT_NOFILE)
+    if soft < hard:
+        with contextlib.suppress(ValueError, OSError):
+            resource.setrlimit(resource.RLIMIT_NOFILE, (hard, hard))
+            soft = hard
+    return soft
+
+
+class Gateway:
+    def __init__(
+        self,
+        config: GatewayConfig,
+        directory: RouteSource,
+        *,
+        metrics: GatewayMetrics | None = None,
+    ):
+        self.config = config
+        self.directory = directory
+        self.metrics = metrics or GatewayMetrics()
+        self.loop = asyncio.get_running_loop()
+        self.conns: set[ClientSide] = set()
+        fds = raise_fd_limit()
+        self.max_connections = config.max_connections or max((fds - FD_RESERVE) // 2, 1)
+        self.auth = TokenVerifier(config.jwt_secret) if config.jwt_secret else None
+        self.draining = False
+        self.drain_hint = CloseHint(window_ms=int(config.drain_window_s * 1000)).encode()
+        # Set by the control plane: returns a Retry-After (seconds) while shedding, else None.
+        self.admission: Callable[[], int | None] = lambda: None
+        self.server: asyncio.Server | None = None
+        self._sweeper: asyncio.Task[None] | None = None
+        self.closed_event = asyncio.Event()
+
+    async def start(self) -> None:
+        host, port = parse_hostport(self.config.listen, "listen")
+        ctx = None
+        if self.config.tls_cert and self.config.tls_key:
+            ctx = ssl.create_default_context(ssl.Purpose.CLIENT_AUTH)
+            ctx.load_cert_chain(self.config.tls_cert, self.config.tls_key)
+        self.server = await self.loop.create_server(
+            lambda: ClientSide(self), host, port, ssl=ctx, backlog=4096, reuse_address=True
+        )
+        self._sweeper = self.loop.create_task(self._sweep())
+        log.info(
+            "gateway_listening", address=f"{host}:{self.port}", max_connections=self.max_connections
+        )
+
+    @property
+    def port(self) -> int:
+        assert self.server is not None
+        return int(self.server.sockets[0].getsockname()[1])
+
+    # ------------------------------------------------------------------ admission
+
+    def admit(self, up: Upgrade) -> None:
+        """Checks done once the upgrade is parsed; HandshakeError refuses it."""
+        cfg = self.config
+        if self.draining:
+            raise HandshakeError(503, "gateway draining", (("Retry-After", "1"),))
+        if cfg.allowed_origins and up.origin is not None and up.origin not in cfg.allowed_origins:
+            raise HandshakeError(403, "origin not allowed")
+        if self.auth is not None:
+            self.auth.verify(up.token, up.key)
+        retry = self.admission()
+        if retry is not None:
+            raise HandshakeError(503, "no capacity, retry later", (("Retry-After", str(retry)),))
+
+    async def connect_backend(self, client: ClientSide, up: Upgrade) -> None:
+        try:
+            await self._connect_backend(client, up)
+        except HandshakeError as exc:
+            client.reject(exc)
+        except Exception:  # a bug must not leave a client hanging
+            log.exception("connect_backend_failed", key=up.key)
+            client.reject(HandshakeError(502, "gateway error"))
+
+    async def _connect_backend(self, client: ClientSide, up: Upgrade) -> None:
+        cfg = self.config
+        tried: set[str] = set()
+        request_id = secrets.token_hex(8)
+        attempt = 0
+        node: str | None = None
+        while True:
+            route = self.directory.route(up.key)
+            if route is None:
+                raise HandshakeError(503, "no backend available", (("Retry-After", "1"),))
+            node = (
+                route.node
+                if node is None or route.node not in tried
+                else self.directory.fallback(up.key, tried)
+            )
+            if node is None:
+                raise HandshakeError(502, "backend unreachable")
+            addr = self.directory.address(node)
+            if addr is None:
+                raise HandshakeError(503, "backend unknown", (("Retry-After", "1"),))
+            conn, request = forward_request(
+                up,
+                key=up.key,
+                slot=route.slot,
+                epoch=route.epoch,
+                client_ip=client.peer_ip,
+                request_id=request_id,
+            )
+            try:
+                _, proto = await asyncio.wait_for(
+                    self.loop.create_connection(
+                        lambda n=node, c=conn: BackendSide(client, n, c), *addr
+                    ),  # type: ignore[misc]
+                    cfg.connect_timeout_s,
+                )
+            except (OSError, TimeoutError):
+                self.metrics.backend_unreachable.inc()
+                tried.add(node)
+                if self.directory.fallback(up.key, tried) is None:
+                    raise HandshakeError(502, "backend unreachable") from None
+                continue
+            if client.state != CONNECTING:
+                proto.transport.abort()
+                return
+            proto.transport.write(request)
+            try:
+                status, headers, trailing = await asyncio.wait_for(
+                    proto.answer, cfg.handshake_timeout_s
+                )
+            except TimeoutError:
+                proto.transport.abort()
+                raise HandshakeError(504, "backend did not answer the upgrade") from None
+            if status == 101:
+                client.start_relay(proto, headers, trailing)
+                return
+            proto.transport.close()
+            if status == 421 and attempt < cfg.reroute_retries:
+                # The owner changed under us (a move in progress): re-route on a fresh table.
+                self.metrics.reroutes.inc()
+                await asyncio.sleep(0.05 * 2**attempt)
+                attempt += 1
+                node = None
+                continue
+            if status == 421:
+                raise HandshakeError(503, "key is moving, retry", (("Retry-After", "1"),))
+            if 400 <= status < 500 and status != 408:
+                raise HandshakeError(status, "refused by backend")
+            raise HandshakeError(502, "backend error")
+
+    # ------------------------------------------------------------------ lifecycle
+
+    def conn_closed(self, c: ClientSide, was_relaying: bool) -> None:
+        self.conns.discard(c)
+        if not was_relaying:
+            return
+        m = self.metrics
+        m.closed.labels(c.closed_by).inc()
+        m.frames.labels("c2b").inc(c.c2b.frames)
+        m.frames.labels("b2c").inc(c.b2c.frames)
+        m.bytes.labels("c2b").inc(c.c2b.bytes)
+        m.bytes.labels("b2c").inc(c.b2c.bytes)
+        log.info(
+            "conn_closed",
+            key=c.key,
+            node=c.node,
+            peer=c.peer_ip,
+            duration_s=round(time.monotonic() - c.started, 3),
+            c2b_bytes=c.c2b.bytes,
+            c2b_frames=c.c2b.frames,
+            b2c_bytes=c.b2c.bytes,
+            b2c_frames=c.b2c.frames,
+            close_code=c.close_code or c.c2b.close_code or c.b2c.close_code,
+            closed_by=c.closed_by,
+        )
+        if self.draining and not self.conns:
+            self.closed_event.set()
+
+    async def _sweep(self) -> None:
+        """Once a second: cut slow consumers; every few seconds: close idle connections."""
+        cfg = self.config
+        tick = 0
+        while True:
+            await asyncio.sleep(1.0)
+            tick += 1
+            now = time.monotonic()
+            self.metrics.connections.set(len(self.conns))
+            check_idle = tick % 5 == 0
+            for c in list(self.conns):
+                if c.paused_since is not None and now - c.paused_since > cfg.slow_consumer_s:
+                    c.cut_slow_consumer()
+                elif check_idle and c.state == RELAY:
+                    mark = c.c2b.bytes + c.b2c.bytes
+                    if mark != c.idle_mark:
+                        c.idle_mark = mark
+                        c.idle_ticks = 0
+                    else:
+                        c.idle_ticks += 5
+                        if c.idle_ticks >= cfg.idle_timeout_s:
+                            self.metrics.idle_closed.inc()
+                            c.drain_close(CloseCode.IDLE_TIMEOUT, "")
+
+    async def drain(self) -> None:
+        """Refuse new upgrades; close clients with 1001 in waves; return when empty or late."""
+        if self.draining:
+            await self.closed_event.wait()
+            return
+        self.draining = True
+        cfg = self.config
+        relaying = [c for c in self.conns if c.state == RELAY]
+        log.info("gateway_draining", connections=len(relaying), window_s=cfg.drain_window_s)
+        for c in self.conns:
+            if c.state < RELAY:
+                c.drain_close()
+        n = max(len(relaying), 1)
+        for i, c in enumerate(relaying):
+            self.loop.call_later(
+                cfg.drain_window_s * i / n, c.drain_close, CloseCode.GOING_AWAY, self.drain_hint
+            )
+        if not self.conns:
+            self.closed_event.set()
+        with contextlib.suppress(TimeoutError):
+            await asyncio.wait_for(self.closed_event.wait(), cfg.drain_deadline_s)
+        for c in list(self.conns):
+            c.abort()
+
+    async def close(self) -> None:
+        if self.server is not None:
+            self.server.close()
+        if self._sweeper is not None:
+            self._sweeper.cancel()
+        for c in list(self.conns):
+            c.abort()

@@ -1,0 +1,1 @@
+"""Hotspot simulator and benchmarks."""
