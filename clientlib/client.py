@@ -259,6 +259,10 @@ class Client:
                     break
                 await asyncio.sleep(delay)
                 lost_at = self._note_reconnect(lost_at)
+        except Exception as exc:  # a bug here must surface, not look like a clean stop
+            self._error = ClientError(f"client failed: {exc!r}")
+            self._error.__cause__ = exc
+            raise
         finally:
             self._up.clear()
             self._emit(Event("stopped"))
@@ -304,8 +308,9 @@ class Client:
             if self._ack_timer is not None:
                 self._ack_timer.cancel()
                 self._ack_timer = None
-        code = ws.close_code if ws.close_rcvd is not None else None
-        reason = ws.close_reason or ""
+        rcvd = ws.protocol.close_rcvd  # None: the connection dropped without a close frame
+        code = rcvd.code if rcvd is not None else None
+        reason = rcvd.reason if rcvd is not None else ""
         self._emit(Event("disconnected", code, reason))
         if code == CloseCode.MOVED:
             self._emit(Event("moved", code, reason))
