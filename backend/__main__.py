@@ -107,7 +107,7 @@ async def serve(cfg: BackendConfig) -> None:
         ak.frozen = True
     node.flush_all()
     handed_off = await control.leave() if control is not None else False
-    hint = CloseHint(window_ms=cfg.moved_window_ms).encode()
+    hint = CloseHint(window_ms=node.moved_window_ms(node.session_count)).encode()
     code = CloseCode.MOVED if handed_off else CloseCode.SERVICE_RESTART
     await server.close_all(code, hint)
     for t in tasks:

@@ -25,7 +25,8 @@ class BackendConfig:
     replay_max_count: int = 1024
     replay_max_bytes: int = 1 << 20
     max_message: int = 1 << 20
-    moved_window_ms: int = 1000
+    moved_window_ms: int = 5000
+    reconnect_rate: int = 2000
     log_level: str = "info"
 
     def __post_init__(self) -> None:

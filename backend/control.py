@@ -121,7 +121,7 @@ class ControlClient:
         elif t == "release":
             units = units_of(m["units"])
             flushed = node.release(units, int(m["epoch"]))
-            log.info("release", move=m["move"], units=len(units), flushed=flushed)
+            log.info("release", move=m["move"], units=len(units), first=units[:4], flushed=flushed)
             self._send(ws, {"t": "released", "move": m["move"], "flushed": flushed})
         elif t == "commit":
             closed = node.commit_release(units_of(m["units"]))

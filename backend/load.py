@@ -102,7 +102,8 @@ class LoadMeter:
             rates[key] = (slot, alpha * n / dt)
             total += n
             handler += h
-        self._rate += alpha * (total / dt - self._rate)
+        # The node's rate is the sum of its keys' rates: a key handed off leaves at once.
+        self._rate = sum(r for _, r in rates.values())
         if total:
             self._handler = handler / total
         slots: dict[int, float] = {}

@@ -79,7 +79,8 @@ class NodeConfig:
     replay_max_bytes: int = 1 << 20
     session_ttl_s: float = 120.0  # a detached session is kept this long for a resume
     key_idle_s: float = 30.0  # a key with no sessions is flushed and dropped after this
-    moved_window_ms: int = 1000  # clients of a moved key reconnect within this window
+    moved_window_ms: int = 5000  # the longest window clients of a moved unit reconnect in
+    reconnect_rate: int = 2000  # reconnects/s a move may cause (sets the window)
 
 
 class Node:
@@ -311,9 +312,11 @@ class Node:
 
     def commit_release(self, units: list[tuple[str, int | str]]) -> int:
         """Step 3: the new owner is committed; close the sessions with "moved"."""
-        hint = CloseHint(window_ms=self.config.moved_window_ms).encode()
+        moved = self.keys_of(units)
+        sessions = sum(1 for ak in moved for s in ak.sessions.values() if s.wire is not None)
+        hint = CloseHint(window_ms=self.moved_window_ms(sessions)).encode()
         closed = 0
-        for ak in self.keys_of(units):
+        for ak in moved:
             self.keys.pop(ak.ctx.key, None)
             self.meter.forget(ak.ctx.key)
             for s in ak.sessions.values():
@@ -321,6 +324,13 @@ class Node:
                     s.wire.close(CloseCode.MOVED, hint)
                     closed += 1
         return closed
+
+    def moved_window_ms(self, sessions: int) -> int:
+        """Spread reconnects so they arrive at most ``reconnect_rate`` per second, within
+        [100 ms, moved_window_ms]: a few clients come back at once, ten thousand do not."""
+        cfg = self.config
+        want = sessions * 1000 // max(cfg.reconnect_rate, 1)
+        return int(min(max(want, 100), cfg.moved_window_ms))
 
     def abort_release(self, units: list[tuple[str, int | str]]) -> None:
         """The move failed: keep the units (at the epoch they were flushed with)."""

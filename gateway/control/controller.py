@@ -16,8 +16,10 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import dataclasses
 import hmac
 import itertools
+import math
 import time
 from collections import deque
 from typing import Any
@@ -29,6 +31,7 @@ from aiohttp import WSMsgType, web
 from gateway.control.directory import EmbeddedDirectory
 from gateway.control.rebalancer import (
     Move,
+    NodeLoad,
     PlannerConfig,
     PlannerState,
     Unit,
@@ -52,6 +55,8 @@ class Controller:
         tick_s: float = 0.5,
         move_timeout_s: float = 3.0,
         settle_s: float = 1.0,
+        settle_after_move_s: float = 1.5,
+        ewma_tau_s: float = 1.5,
     ):
         self.gw = gw
         self.dir = directory
@@ -62,6 +67,8 @@ class Controller:
         self.tick_s = tick_s
         self.move_timeout_s = move_timeout_s
         self.settle_s = settle_s
+        self.settle_after_move_s = settle_after_move_s
+        self.ewma_tau_s = ewma_tau_s
         self.sessions: dict[str, web.WebSocketResponse] = {}
         self.pending: dict[int, asyncio.Future[int]] = {}
         self.in_flight: set[str] = set()
@@ -71,6 +78,9 @@ class Controller:
         self.isolated: tuple[str, ...] = ()
         self._ids = itertools.count(1)
         self._first_register: float | None = None
+        # Moved load not yet visible in the destination's smoothed rate: (time, node, load).
+        self._arrivals: deque[tuple[float, str, float]] = deque(maxlen=1000)
+        self._settle_until: dict[str, float] = {}
         self._task: asyncio.Task[None] | None = None
         self._moves: set[asyncio.Task[None]] = set()
         gw.admission = self._admission
@@ -213,17 +223,13 @@ class Controller:
         if changed:
             await self.push_table()
         live = self.dir.live()
-        loads = [n.to_load() for n in live if n.load]
+        loads = [self._projected(n.to_load(), now) for n in live if n.load]
         if len(loads) != len(live):
             return  # wait for every node's first report
-        p = plan(
-            loads,
-            self.dir.table,
-            self.state,
-            now,
-            self.cfg,
-            frozenset(self.in_flight) | ({n.id for n in live} if self.paused else set()),
-        )
+        settling = {n for n, until in self._settle_until.items() if until > now}
+        paused = {n.id for n in live} if self.paused else set()
+        busy = frozenset(self.in_flight | settling | paused)
+        p = plan(loads, self.dir.table, self.state, now, self.cfg, busy)
         self.gw.metrics.admission_closed.set(1 if p.shed else 0)
         self.isolated = p.isolated
         if p.moves:
@@ -237,6 +243,20 @@ class Controller:
                 )
                 self._moves.add(task)
                 task.add_done_callback(self._moves.discard)
+
+    def _projected(self, load: NodeLoad, now: float) -> NodeLoad:
+        """A node's load as its smoothed rate will show it once recent arrivals settle.
+
+        The backend's EWMA (time constant ``ewma_tau_s``) shows a key that just
+        arrived at only a fraction of its rate; without this the planner would
+        see room that is already taken and over-move.
+        """
+        extra = sum(
+            ld * math.exp(-(now - t) / self.ewma_tau_s)
+            for t, n, ld in self._arrivals
+            if n == load.node
+        )
+        return dataclasses.replace(load, rate=load.rate + extra) if extra > 0.01 else load
 
     async def execute(
         self, src: str, moves: list[Move], reason: str, before: dict[str, float] | None = None
@@ -285,6 +305,11 @@ class Controller:
             await self._send(
                 src, {"t": "commit", "move": move_id, "units": [list(u) for u in units]}
             )
+            done_at = time.monotonic()
+            for m in moves:
+                self._arrivals.append((done_at, m.dst, m.load))
+            for n in involved:  # let fresh reports reflect the move before the next one
+                self._settle_until[n] = done_at + self.settle_after_move_s
             self.moves_done += len(moves)
             self.moved_load += load
             dsts = sorted({m.dst for m in moves})

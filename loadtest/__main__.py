@@ -1,0 +1,101 @@
+"""``python -m loadtest``: hotspot simulations and benchmarks."""
+
+from __future__ import annotations
+
+import argparse
+import asyncio
+import sys
+import time
+from pathlib import Path
+from typing import Any
+
+from clientlib.config import ConfigError
+from loadtest.scenario import builtin_names, load_scenario
+
+
+def parse_args(argv: list[str] | None) -> argparse.Namespace:
+    p = argparse.ArgumentParser(
+        prog="python -m loadtest",
+        description="Simulate hotspots against the gateway and benchmark it.",
+    )
+    sub = p.add_subparsers(dest="cmd", required=True)
+    r = sub.add_parser(
+        "run",
+        help="run a scenario and write its report",
+        description="Start a local gateway and backends (or --target an "
+        "existing gateway), drive clients, verify delivery, report.",
+    )
+    r.add_argument(
+        "--scenario",
+        default="default",
+        help=f"built-in name ({', '.join(builtin_names())}) or a TOML file",
+    )
+    r.add_argument("--out", help="output folder (default runs/<scenario>-<time>)")
+    r.add_argument("--backends", type=int)
+    r.add_argument("--clients", type=int)
+    r.add_argument("--workers", type=int, help="client processes")
+    r.add_argument("--duration", type=float, help="seconds")
+    r.add_argument("--rate", type=float, help="messages/s per client")
+    r.add_argument("--zipf", type=float, help="key popularity exponent (0 = uniform)")
+    r.add_argument("--hotspot-at", type=float, help="seconds; negative: no hotspot")
+    r.add_argument("--hotspot-share", type=float, help="share of traffic on the hot keys")
+    r.add_argument("--hotspot-keys", type=int)
+    r.add_argument("--durability", choices=["handoff", "checkpoint", "write-through"])
+    r.add_argument("--rebalance", choices=["on", "off"])
+    r.add_argument(
+        "--compare",
+        action="store_true",
+        help="run with rebalancing off, then on, and report side by side",
+    )
+    r.add_argument("--target", help="ws:// URL of an existing gateway (no local topology)")
+    r.add_argument("--admin", help="admin URL of the --target gateway, for the load view")
+    r.add_argument("--admin-token")
+    r.add_argument("--token", help="client token for the --target gateway")
+    r.add_argument("--quiet", action="store_true", help="no progress line")
+    b = sub.add_parser("bench", help="benchmarks that write docs/benchmarks.md")
+    b.add_argument("what", choices=["relay", "backend"])
+    b.add_argument("--duration", type=float, default=10.0, help="seconds per system")
+    b.add_argument("--conns", type=int, default=50, help="concurrent echo connections")
+    b.add_argument("--idle-conns", type=int, default=8000, help="idle connections for memory")
+    b.add_argument(
+        "--write", default="docs/benchmarks.md", help="markdown file to update ('' to skip)"
+    )
+    return p.parse_args(argv)
+
+
+def main(argv: list[str] | None = None) -> None:
+    args = parse_args(argv)
+    if args.cmd == "bench":
+        from loadtest.bench import run_bench
+
+        sys.exit(run_bench(args))
+    overrides: dict[str, Any] = {
+        k: getattr(args, k)
+        for k in (
+            "backends",
+            "clients",
+            "workers",
+            "duration",
+            "rate",
+            "zipf",
+            "hotspot_at",
+            "hotspot_share",
+            "hotspot_keys",
+            "durability",
+        )
+    }
+    if args.rebalance:
+        overrides["rebalance"] = args.rebalance == "on"
+    try:
+        sc = load_scenario(args.scenario, overrides)
+    except ConfigError as exc:
+        print(f"loadtest: {exc}", file=sys.stderr)
+        sys.exit(2)
+    out = Path(args.out or f"runs/{sc.name}-{time.strftime('%Y%m%d-%H%M%S')}")
+    from loadtest.main_run import run_and_report
+
+    sys.exit(asyncio.run(run_and_report(sc, out, args)))
+
+
+if __name__ == "__main__":
+    main()

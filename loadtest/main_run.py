@@ -1,0 +1,56 @@
+"""Run one scenario (or the off/on comparison) and write the report folder."""
+
+from __future__ import annotations
+
+import argparse
+import dataclasses
+import sys
+from pathlib import Path
+from typing import Any
+
+from loadtest.report import plot, table, write_json
+from loadtest.run import Runner, Target
+from loadtest.scenario import Scenario
+from loadtest.stats import results
+
+
+def check(r: dict[str, Any]) -> list[str]:
+    """Failures that make the run exit non-zero."""
+    bad = []
+    promised = r["durability"] == "write-through" or r.get("killed") is None
+    if promised and (r["lost"] or r["duplicated"] or r["reordered"]):
+        bad.append(
+            f"delivery not exact: lost {r['lost']}, duplicated {r['duplicated']}, "
+            f"reordered {r['reordered']}"
+        )
+    if r["clients"] and r["throughput_msgs_per_s"] == 0:
+        bad.append("no messages came back")
+    return bad
+
+
+async def run_and_report(sc: Scenario, out: Path, args: argparse.Namespace) -> int:
+    target = Target(args.target, args.admin, args.admin_token, args.token) if args.target else None
+    variants = (
+        [
+            ("rebalance-off", dataclasses.replace(sc, rebalance=False)),
+            ("rebalance-on", dataclasses.replace(sc, rebalance=True)),
+        ]
+        if args.compare
+        else [("rebalance-" + ("on" if sc.rebalance else "off"), sc)]
+    )
+    runs: dict[str, dict[str, Any]] = {}
+    for name, variant in variants:
+        sub = out / name if args.compare else out
+        print(f"== {variant.name} ({name}): {variant.description}", file=sys.stderr)
+        data = await Runner(variant, sub, target, quiet=args.quiet).run()
+        runs[name] = results(data)
+        write_json(sub / "results.json", runs[name])
+    if args.compare:
+        write_json(out / "results.json", runs)
+    plot(runs, out / "report.png")
+    print(table(runs))
+    print(f"\nreport: {out / 'results.json'}, {out / 'report.png'}")
+    failures = [f"{n}: {msg}" for n, r in runs.items() for msg in check(r)]
+    for f in failures:
+        print(f"FAIL {f}", file=sys.stderr)
+    return 1 if failures else 0

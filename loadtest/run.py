@@ -1,0 +1,289 @@
+"""``loadtest run``: start (or target) a topology, drive the scenario, verify, report."""
+
+from __future__ import annotations
+
+import asyncio
+import multiprocessing
+import queue
+import signal
+import sqlite3
+import sys
+import time
+from dataclasses import asdict, dataclass, field
+from pathlib import Path
+from typing import Any
+
+import aiohttp
+import orjson
+
+from gateway.routing import slot_of
+from loadtest.model import ClientSpec, Hotspot, build_clients, capacity_for
+from loadtest.scenario import Scenario
+from loadtest.stats import summarize
+from loadtest.topology import Topology
+from loadtest.worker import WorkerJob, worker_main
+
+
+@dataclass
+class Target:
+    """An existing gateway to drive instead of a local topology."""
+
+    url: str
+    admin_url: str | None = None
+    admin_token: str | None = None
+    token: str | None = None
+
+
+@dataclass
+class RunData:
+    scenario: Scenario
+    t0: float = 0.0
+    samples: list[dict[str, Any]] = field(default_factory=list)  # admin status every 0.5 s
+    progress: list[dict[str, Any]] = field(default_factory=list)  # worker intervals
+    finals: list[dict[str, Any]] = field(default_factory=list)
+    final_counts: dict[str, int] | None = None
+    hot_keys: list[str] = field(default_factory=list)
+    hot_node: str | None = None
+    capacity: float | None = None
+    killed: str | None = None
+    events: list[tuple[float, str]] = field(default_factory=list)
+    moves: list[dict[str, Any]] = field(default_factory=list)  # the gateway's move history
+
+
+def pick_keys(
+    owners: list[str | None] | None, count: int, prefix: str, node: str | None
+) -> list[str]:
+    """``count`` keys that all hash to slots owned by ``node`` (any node if no table)."""
+    keys: list[str] = []
+    i = 0
+    while len(keys) < count and i < 1_000_000:
+        k = f"{prefix}{i}"
+        i += 1
+        if owners is None or node is None or owners[slot_of(k, len(owners))] == node:
+            keys.append(k)
+    return keys
+
+
+def read_counts(store: Path) -> dict[str, int]:
+    """Ground truth: each key's final counter, from the backends' shared state store."""
+    db = sqlite3.connect(f"file:{store}?mode=ro", uri=True)
+    try:
+        out: dict[str, int] = {}
+        for key, blob in db.execute("SELECT key, blob FROM keystate"):
+            state = orjson.loads(blob).get("state") or {}
+            if isinstance(state, dict) and "count" in state:
+                out[key] = int(state["count"])
+        return out
+    finally:
+        db.close()
+
+
+class Runner:
+    def __init__(self, sc: Scenario, out: Path, target: Target | None = None, quiet: bool = False):
+        self.sc = sc
+        self.out = out
+        self.target = target
+        self.quiet = quiet
+        self.data = RunData(sc)
+        self.topo: Topology | None = None
+
+    def say(self, msg: str) -> None:
+        if not self.quiet:
+            print(msg, file=sys.stderr, flush=True)
+
+    async def run(self) -> RunData:
+        sc = self.sc
+        self.out.mkdir(parents=True, exist_ok=True)
+        total = sc.clients * sc.rate
+        cap = sc.capacity or capacity_for(total, sc.backends, sc.hotspot_share)
+        self.data.capacity = cap
+        if self.target is None:
+            self.topo = Topology(
+                self.out / "topology",
+                backends=sc.backends,
+                capacity=cap,
+                durability=sc.durability,
+                rebalance=sc.rebalance,
+            )
+            self.say(
+                f"starting gateway and {sc.backends} backends (capacity {cap:.0f} msg/s "
+                f"each, durability {sc.durability}, rebalance "
+                f"{'on' if sc.rebalance else 'off'}); logs in {self.topo.workdir}"
+            )
+            await self.topo.start()
+        try:
+            return await self._drive()
+        finally:
+            if self.topo is not None:
+                self.say("stopping the topology (backends flush their state)")
+                await asyncio.get_running_loop().run_in_executor(None, self.topo.stop)
+                self.data.final_counts = read_counts(self.topo.store)
+
+    async def _admin(self, s: aiohttp.ClientSession, path: str) -> dict[str, Any] | None:
+        if self.topo is not None:
+            return await self.topo.admin_get(s, path)
+        if self.target is None or self.target.admin_url is None:
+            return None
+        headers = (
+            {"Authorization": f"Bearer {self.target.admin_token}"}
+            if self.target.admin_token
+            else {}
+        )
+        async with s.get(self.target.admin_url + path, headers=headers) as r:
+            r.raise_for_status()
+            out: dict[str, Any] = orjson.loads(await r.read())
+            return out
+
+    async def _drive(self) -> RunData:
+        sc, d = self.sc, self.data
+        async with aiohttp.ClientSession() as s:
+            table = await self._admin(s, "/v1/table?full=1")
+            owners = table["owners"] if table else None
+            if owners and sc.hotspot_same_node:
+                d.hot_node = max(set(o for o in owners if o), key=str)
+            run_id = f"{int(time.time()) % 100000}"
+            cold = [f"r{run_id}:k{i}" for i in range(sc.keys)]
+            d.hot_keys = pick_keys(owners, sc.hotspot_keys, f"r{run_id}:hot", d.hot_node)
+            hotspot = (
+                Hotspot(sc.hotspot_at, sc.hotspot_duration, sc.hotspot_share, sc.hotspot_keys)
+                if sc.hotspot_at is not None
+                else None
+            )
+            specs = build_clients(
+                clients=sc.clients,
+                keys=cold,
+                hot_keys=d.hot_keys,
+                zipf=sc.zipf,
+                rate=sc.rate,
+                hotspot=hotspot,
+                ramp_per_s=sc.ramp_per_s,
+                seed=sc.seed,
+            )
+            if sc.flash_at is not None and sc.flash_clients:
+                flash_key = f"r{run_id}:flash"
+                specs += [
+                    ClientSpec(
+                        len(specs) + i,
+                        flash_key,
+                        False,
+                        sc.flash_at + i / sc.ramp_per_s,
+                        sc.rate,
+                        sc.rate,
+                        sc.rate,
+                    )
+                    for i in range(sc.flash_clients)
+                ]
+            d.t0 = time.time() + 1.0
+            url = self.topo.url if self.topo else self.target.url  # type: ignore[union-attr]
+            token = self.target.token if self.target else None
+            ctx = multiprocessing.get_context("spawn")
+            q: multiprocessing.Queue[Any] = ctx.Queue()
+            procs = []
+            for w in range(sc.workers):
+                job = WorkerJob(
+                    w,
+                    url,
+                    specs[w :: sc.workers],
+                    d.t0,
+                    sc.duration,
+                    hotspot,
+                    sc.message_bytes,
+                    sc.drain_s,
+                    sc.seed + w,
+                    token,
+                )
+                p = ctx.Process(target=worker_main, args=(job, q), daemon=True)
+                p.start()
+                procs.append(p)
+            self.say(
+                f"{len(specs)} clients over {sc.workers} workers, {sc.rate} msg/s each, "
+                f"for {sc.duration:.0f}s; hot keys {d.hot_keys} on {d.hot_node}"
+            )
+            observer = asyncio.create_task(self._observe(s))
+            try:
+                await self._collect(q, procs)
+                moves = await self._admin(s, "/v1/moves")
+                d.moves = moves["moves"] if moves else []
+            finally:
+                observer.cancel()
+                for p in procs:
+                    p.join(5)
+                    if p.is_alive():
+                        p.kill()
+        return d
+
+    async def _observe(self, s: aiohttp.ClientSession) -> None:
+        sc, d = self.sc, self.data
+        killed = False
+        last_line = 0.0
+        while True:
+            t = time.time() - d.t0
+            try:
+                st = await self._admin(s, "/v1/status")
+            except (aiohttp.ClientError, OSError):
+                st = None
+            if st is not None:
+                st["t"] = t
+                d.samples.append(st)
+            if sc.kill_at is not None and not killed and t >= sc.kill_at and self.topo:
+                victim = d.hot_node or next(iter(self.topo.nodes))
+                self.topo.kill(victim, signal.SIGKILL)
+                d.killed = victim
+                d.events.append((t, f"kill -9 {victim}"))
+                killed = True
+                self.say(f"\nt={t:.1f}s: killed {victim} with SIGKILL")
+            if t - last_line >= 1.0 and t > 0:
+                last_line = t
+                self._progress_line(t, st)
+            await asyncio.sleep(0.5)
+
+    def _progress_line(self, t: float, st: dict[str, Any] | None) -> None:
+        prog = self._latest_progress()
+        recent = summarize([p for p in self.data.progress if p["t"] > t - 2.0])
+        imb = st.get("imbalance") if st else None
+        line = (
+            f"t={t:5.1f}s clients {prog['connected']:5d} "
+            f"msgs/s {recent['rate']:7.0f} p99 {recent['p99_ms']:7.1f}ms "
+            f"imbalance {imb if imb is not None else '-':>6} "
+            f"moves {st.get('moves', '-') if st else '-':>3} "
+            f"reconnects {prog['reconnects']:5d} "
+            f"shed {'yes' if st and st.get('shedding') else 'no'}"
+        )
+        if self.quiet:
+            return
+        end = "\r" if sys.stderr.isatty() else "\n"
+        print(line, end=end, file=sys.stderr, flush=True)
+
+    def _latest_progress(self) -> dict[str, int]:
+        latest: dict[int, dict[str, Any]] = {}
+        for p in self.data.progress:
+            latest[p["worker"]] = p
+        return {
+            k: sum(int(p[k]) for p in latest.values())
+            for k in ("connected", "sent", "received", "reconnects")
+        }
+
+    async def _collect(
+        self, q: multiprocessing.Queue[Any], procs: list[multiprocessing.process.BaseProcess]
+    ) -> None:
+        sc, d = self.sc, self.data
+        deadline = d.t0 + sc.duration + sc.drain_s + 60
+        while len(d.finals) < len(procs):
+            try:
+                rec = q.get_nowait()
+            except queue.Empty:
+                if time.time() > deadline:
+                    raise RuntimeError("workers did not finish in time") from None
+                if all(not p.is_alive() for p in procs) and q.empty():
+                    raise RuntimeError("a worker process died; see its output above")
+                await asyncio.sleep(0.1)
+                continue
+            if rec.get("final"):
+                d.finals.append(rec)
+            d.progress.append({k: v for k, v in rec.items() if k != "clients"})
+        if not self.quiet and sys.stderr.isatty():
+            print(file=sys.stderr)
+
+
+def scenario_json(sc: Scenario) -> dict[str, Any]:
+    return asdict(sc)
