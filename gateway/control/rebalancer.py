@@ -203,19 +203,24 @@ def _load_moves(
         src = max(src_pool, key=lambda n: rate[n] / capa[n])
         picked = None
         for unit, r in _candidates(by_node[src], table, state, now, cfg):
-            if any(m.unit == unit for m in moves) or r > budget:
+            if any(m.unit == unit for m in moves):
                 continue
             dsts = [n for n in by_node if n != src and n not in busy and n not in sources]
             if not dsts:
                 break
+            others = [n for n in by_node if n != src]
+            if unit[0] == "key" and all((rate[d] + r) / capa[d] > limit for d in others):
+                # Too hot for any node's headroom: moving it would only move the problem.
+                if str(unit[1]) not in isolated:
+                    isolated.append(str(unit[1]))
+                continue
+            if r > budget:
+                continue
             dst = min(dsts, key=lambda n: rate[n] / capa[n])
             after = (rate[dst] + r) / capa[dst]
             if after <= limit and after < rate[src] / capa[src]:
                 picked = Move(unit, src, dst, r)
                 break
-            if unit[0] == "key" and all((rate[d] + r) / capa[d] > limit for d in dsts):
-                if str(unit[1]) not in isolated:
-                    isolated.append(str(unit[1]))
         if picked is None:
             done.add(src)
             continue

@@ -1,0 +1,45 @@
+from __future__ import annotations
+
+import pytest
+
+from backend.apps.counter import CounterApp
+from backend.load import LoadMeter
+from backend.node import Node, NodeConfig
+from backend.store import SQLiteStore
+
+
+class FakeWire:
+    def __init__(self) -> None:
+        self.wakes = 0
+        self.closed: tuple[int, str] | None = None
+
+    def wake(self) -> None:
+        self.wakes += 1
+
+    def close(self, code: int, reason: str) -> None:
+        self.closed = (code, reason)
+
+
+class Clock:
+    def __init__(self) -> None:
+        self.t = 1000.0
+
+    def __call__(self) -> float:
+        return self.t
+
+
+@pytest.fixture
+def store(tmp_path):
+    s = SQLiteStore(tmp_path / "store.db")
+    yield s
+    s.close()
+
+
+@pytest.fixture
+def clock():
+    return Clock()
+
+
+def make_node(store, clock, node_id="n1", **cfg) -> Node:
+    return Node(CounterApp(), store, LoadMeter(1000.0), NodeConfig(node_id=node_id, **cfg),
+                clock=clock)
