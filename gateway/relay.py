@@ -183,8 +183,11 @@ class ClientSide(asyncio.Protocol):
         self.gw.metrics.upgraded.inc()
         _keepalive(self.transport)
         self.transport.write(switching_protocols(headers))
-        if trailing:
-            backend.data_received(trailing)
+        backend.relaying = True
+        early, backend.early = trailing + backend.early, b""
+        if early:
+            self.backend_data(early)
+        backend.transport.resume_reading()
         if self.pending:
             pending, self.pending = self.pending, b""
             self.data_received(pending)
@@ -289,7 +292,7 @@ class ClientSide(asyncio.Protocol):
 class BackendSide(asyncio.Protocol):
     """The backend hop: first reads the upgrade answer, then relays to the client."""
 
-    __slots__ = ("answer", "client", "conn", "node", "relaying", "transport")
+    __slots__ = ("answer", "client", "conn", "early", "node", "relaying", "transport")
 
     def __init__(self, client: ClientSide, node: str, conn: h11.Connection):
         self.client = client
@@ -300,6 +303,7 @@ class BackendSide(asyncio.Protocol):
         )
         self.transport: asyncio.Transport = None  # type: ignore[assignment]
         self.relaying = False
+        self.early = b""  # bytes after the 101, before the client side took over
 
     def connection_made(self, transport: asyncio.BaseTransport) -> None:
         transport = cast(asyncio.Transport, transport)  # uvloop's are not subclasses
@@ -311,7 +315,12 @@ class BackendSide(asyncio.Protocol):
         if self.relaying:
             self.client.backend_data(data)
             return
-        assert self.conn is not None
+        if self.conn is None:
+            # The answer is in, the relay not started yet: keep the frames, bounded.
+            self.early += data
+            if len(self.early) > self.client.gw.config.write_high_water:
+                self.transport.pause_reading()
+            return
         try:
             ans = read_answer(self.conn, data)
         except HandshakeError:
@@ -320,7 +329,6 @@ class BackendSide(asyncio.Protocol):
             return
         if ans is not None and not self.answer.done():
             self.conn = None
-            self.relaying = ans.status == 101
             self.answer.set_result((ans.status, ans.headers, ans.trailing))
 
     def pause_writing(self) -> None:
