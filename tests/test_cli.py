@@ -1,0 +1,47 @@
+"""Each package runs as a module with --help, and bad configuration is named clearly."""
+
+from __future__ import annotations
+
+import subprocess
+import sys
+
+import pytest
+
+pytestmark = pytest.mark.timeout(60)
+
+
+def run(*args: str) -> subprocess.CompletedProcess[str]:
+    return subprocess.run([sys.executable, "-m", *args], capture_output=True, text=True,
+                          timeout=30)
+
+
+@pytest.mark.parametrize("mod", ["gateway", "backend", "loadtest"])
+def test_help(mod):
+    p = run(mod, "--help")
+    assert p.returncode == 0 and "usage" in p.stdout
+
+
+@pytest.mark.parametrize("args,needle", [
+    (["gateway", "--listen", "nowhere"], "listen: expected HOST:PORT"),
+    (["gateway", "--listen", "127.0.0.1:0"], "--static-backend"),
+    (["gateway", "--static-backend", "127.0.0.1:1", "--control-secret", "x"], "exclude"),
+    (["backend", "echo", "--capacity", "-5"], "capacity"),
+    (["backend", "echo", "--durability", "sometimes"], "durability"),
+    (["backend", "echo", "--control", "ws://x/v1/control"], "control_secret"),
+    (["loadtest", "run", "--scenario", "nope"], "no scenario"),
+    (["loadtest", "run", "--clients", "0"], "clients must be"),
+])
+def test_bad_config_is_named(args, needle):
+    p = run(*args)
+    assert p.returncode == 2
+    assert needle in p.stderr
+
+
+def test_bad_toml_field_is_named(tmp_path):
+    f = tmp_path / "gw.toml"
+    f.write_text('listen = "127.0.0.1:0"\nlisten_backlog = 5\n')
+    p = run("gateway", "--config", str(f))
+    assert p.returncode == 2 and "unknown field 'listen_backlog'" in p.stderr
+    f.write_text('max_frame_bytes = "big"\nstatic_backend = ["127.0.0.1:1"]\n')
+    p = run("gateway", "--config", str(f))
+    assert p.returncode == 2 and "max_frame_bytes" in p.stderr
