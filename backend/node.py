@@ -362,9 +362,8 @@ class Node:
                 not ak.ctx.sessions
                 and ak.idle_since is not None
                 and now - ak.idle_since > cfg.key_idle_s
-            ):
-                if not ak.dirty or self.persist(ak):
-                    del self.keys[key]
+            ) and (not ak.dirty or self.persist(ak)):
+                del self.keys[key]
 
     def flush_all(self) -> None:
         for ak in list(self.keys.values()):

@@ -38,10 +38,10 @@ def reconnect_delay(
     """
     if action is Action.STOP:
         return None
-    ceiling = min(policy.cap, policy.base * 2 ** min(attempt, 32))
+    ceiling = min(policy.cap, policy.base * 2.0 ** min(attempt, 32))
     if action is Action.RECONNECT_WINDOW:
         window = hint.window_ms / 1000 if hint.window_ms else policy.default_window
-        return rand * window
+        return float(rand * window)
     if action is Action.RETRY_AFTER and hint.after_ms:
         after = hint.after_ms / 1000
         # Everyone told "after N" must not come back at exactly N: spread over N/4.

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+from functools import partial
 import resource
 import secrets
 import ssl
@@ -133,9 +134,7 @@ class Gateway:
             )
             try:
                 _, proto = await asyncio.wait_for(
-                    self.loop.create_connection(
-                        lambda n=node, c=conn: BackendSide(client, n, c), *addr
-                    ),  # type: ignore[misc]
+                    self.loop.create_connection(partial(BackendSide, client, node, conn), *addr),
                     cfg.connect_timeout_s,
                 )
             except (OSError, TimeoutError):

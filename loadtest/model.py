@@ -64,7 +64,7 @@ class ZipfSampler:
 
     def share(self, rank: int) -> float:
         prev = self.cum[rank - 1] if rank else 0.0
-        return (self.cum[rank] - prev) / self.total
+        return float((self.cum[rank] - prev) / self.total)
 
 
 def build_clients(

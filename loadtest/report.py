@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
@@ -14,7 +15,7 @@ def write_json(path: Path, obj: Any) -> None:
 
 def table(runs: dict[str, dict[str, Any]]) -> str:
     """A side-by-side text table of the headline figures of one or more runs."""
-    rows = [
+    rows: list[tuple[str, Callable[[dict[str, Any]], Any]]] = [
         ("throughput (msgs/s)", lambda r: r["throughput_msgs_per_s"]),
         ("latency p50 (ms)", lambda r: r["latency"]["overall"]["p50_ms"]),
         ("latency p99 (ms)", lambda r: r["latency"]["overall"]["p99_ms"]),
@@ -103,7 +104,7 @@ def plot(runs: dict[str, dict[str, Any]], path: Path) -> None:
         ax_lat.set_xlabel("time (s)")
         ax_lat.legend(loc="upper left", fontsize=8)
         for ax in (ax_load, ax_imb, ax_lat):
-            for t, label in r.get("events", []):
+            for t, _label in r.get("events", []):
                 ax.axvline(t, color="red", alpha=0.6, lw=1)
             hs = r.get("hotspot")
             if hs:

@@ -9,6 +9,7 @@ import signal
 import sqlite3
 import sys
 import time
+from collections.abc import Sequence
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
 from typing import Any
@@ -264,7 +265,7 @@ class Runner:
         }
 
     async def _collect(
-        self, q: multiprocessing.Queue[Any], procs: list[multiprocessing.process.BaseProcess]
+        self, q: multiprocessing.Queue[Any], procs: Sequence[multiprocessing.process.BaseProcess]
     ) -> None:
         sc, d = self.sc, self.data
         deadline = d.t0 + sc.duration + sc.drain_s + 60
@@ -275,7 +276,9 @@ class Runner:
                 if time.time() > deadline:
                     raise RuntimeError("workers did not finish in time") from None
                 if all(not p.is_alive() for p in procs) and q.empty():
-                    raise RuntimeError("a worker process died; see its output above")
+                    raise RuntimeError(
+                        "a worker process died; see its output above"
+                    ) from None
                 await asyncio.sleep(0.1)
                 continue
             if rec.get("final"):

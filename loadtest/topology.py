@@ -204,6 +204,6 @@ class Topology:
         if self.gateway is not None:
             self.gateway.signal(signal.SIGTERM)
             self.gateway.wait(timeout)
-        for p in [self.gateway, *self.nodes.values()]:
-            if p is not None:
-                p.close()
+        for proc in [self.gateway, *self.nodes.values()]:
+            if proc is not None:
+                proc.close()

@@ -38,8 +38,8 @@ class Verdict:
     def exact(self) -> bool:
         return self.lost == 0 and self.duplicated == 0 and self.reordered == 0
 
-    def to_json(self) -> dict[str, int | None | bool]:
-        d: dict[str, int | None | bool] = dict(asdict(self))
+    def to_json(self) -> dict[str, int | bool | None]:
+        d: dict[str, int | bool | None] = dict(asdict(self))
         d["exact"] = self.exact
         return d
 

@@ -11,8 +11,7 @@ pytestmark = pytest.mark.timeout(60)
 
 
 def run(*args: str) -> subprocess.CompletedProcess[str]:
-    return subprocess.run([sys.executable, "-m", *args], capture_output=True, text=True,
-                          timeout=30)
+    return subprocess.run([sys.executable, "-m", *args], capture_output=True, text=True, timeout=30)
 
 
 @pytest.mark.parametrize("mod", ["gateway", "backend", "loadtest"])
@@ -21,16 +20,19 @@ def test_help(mod):
     assert p.returncode == 0 and "usage" in p.stdout
 
 
-@pytest.mark.parametrize("args,needle", [
-    (["gateway", "--listen", "nowhere"], "listen: expected HOST:PORT"),
-    (["gateway", "--listen", "127.0.0.1:0"], "--static-backend"),
-    (["gateway", "--static-backend", "127.0.0.1:1", "--control-secret", "x"], "exclude"),
-    (["backend", "echo", "--capacity", "-5"], "capacity"),
-    (["backend", "echo", "--durability", "sometimes"], "durability"),
-    (["backend", "echo", "--control", "ws://x/v1/control"], "control_secret"),
-    (["loadtest", "run", "--scenario", "nope"], "no scenario"),
-    (["loadtest", "run", "--clients", "0"], "clients must be"),
-])
+@pytest.mark.parametrize(
+    "args,needle",
+    [
+        (["gateway", "--listen", "nowhere"], "listen: expected HOST:PORT"),
+        (["gateway", "--listen", "127.0.0.1:0"], "--static-backend"),
+        (["gateway", "--static-backend", "127.0.0.1:1", "--control-secret", "x"], "exclude"),
+        (["backend", "echo", "--capacity", "-5"], "capacity"),
+        (["backend", "echo", "--durability", "sometimes"], "durability"),
+        (["backend", "echo", "--control", "ws://x/v1/control"], "control_secret"),
+        (["loadtest", "run", "--scenario", "nope"], "no scenario"),
+        (["loadtest", "run", "--clients", "0"], "clients must be"),
+    ],
+)
 def test_bad_config_is_named(args, needle):
     p = run(*args)
     assert p.returncode == 2

@@ -82,7 +82,7 @@ class Controller:
         self._arrivals: deque[tuple[float, str, float]] = deque(maxlen=1000)
         self._settle_until: dict[str, float] = {}
         self._task: asyncio.Task[None] | None = None
-        self._moves: set[asyncio.Task[None]] = set()
+        self._moves: set[asyncio.Task[bool]] = set()
         gw.admission = self._admission
 
     def start(self) -> None:

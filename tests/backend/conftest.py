@@ -41,5 +41,6 @@ def clock():
 
 
 def make_node(store, clock, node_id="n1", **cfg) -> Node:
-    return Node(CounterApp(), store, LoadMeter(1000.0), NodeConfig(node_id=node_id, **cfg),
-                clock=clock)
+    return Node(
+        CounterApp(), store, LoadMeter(1000.0), NodeConfig(node_id=node_id, **cfg), clock=clock
+    )

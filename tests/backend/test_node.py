@@ -61,11 +61,14 @@ def test_resume_after_handoff_to_another_node(store, clock):
 
 
 def test_stale_owner_is_fenced(store, clock):
-    old, new = make_node(store, clock, "a", durability="write-through"), make_node(store, clock, "b")
+    old, new = (
+        make_node(store, clock, "a", durability="write-through"),
+        make_node(store, clock, "b"),
+    )
     w = FakeWire()
     s, _ = old.attach("k", 1, Hello(None, 0), w)
     send(old, s, 1, 1)
-    n2, _ = new.attach("k", 3, Hello(None, 0), FakeWire())
+    _n2, _ = new.attach("k", 3, Hello(None, 0), FakeWire())
     new.persist(new.keys["k"])  # the new owner wrote at epoch 3
     send(old, s, 2, 2)  # the old owner's write-through at epoch 1 is rejected
     assert old.stats["stale_writes"] == 1

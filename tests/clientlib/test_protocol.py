@@ -1,3 +1,4 @@
+import contextlib
 import re
 from pathlib import Path
 
@@ -27,20 +28,23 @@ DOC = Path(__file__).parents[2] / "docs" / "protocol.md"
 
 json_values = st.recursive(
     st.none() | st.booleans() | st.integers(-(2**53), 2**53) | st.text(max_size=20),
-    lambda inner: st.lists(inner, max_size=4) | st.dictionaries(st.text(max_size=8), inner,
-                                                                max_size=4),
+    lambda inner: (
+        st.lists(inner, max_size=4) | st.dictionaries(st.text(max_size=8), inner, max_size=4)
+    ),
     max_leaves=10,
 )
 seqs = st.integers(0, MAX_SEQ)
 sids = st.text(st.characters(min_codepoint=33, max_codepoint=126), min_size=1, max_size=64)
 
 
-@given(st.one_of(
-    st.builds(Hello, st.none() | sids, seqs),
-    st.builds(Welcome, sids, st.booleans(), seqs),
-    st.builds(Msg, st.integers(1, MAX_SEQ), seqs, json_values),
-    st.builds(Ack, seqs),
-))
+@given(
+    st.one_of(
+        st.builds(Hello, st.none() | sids, seqs),
+        st.builds(Welcome, sids, st.booleans(), seqs),
+        st.builds(Msg, st.integers(1, MAX_SEQ), seqs, json_values),
+        st.builds(Ack, seqs),
+    )
+)
 def test_round_trip(env):
     assert decode(encode(env)) == env
 
@@ -50,21 +54,29 @@ def test_raw_msg_matches_encoder(seq, ack, data):
     assert decode(encode_msg_raw(seq, ack, orjson.dumps(data))) == Msg(seq, ack, data)
 
 
-@pytest.mark.parametrize("raw", [
-    b"", b"not json", b"[]", b'"hello"', b"{}", b'{"t":"nope"}',
-    b'{"t":"msg","seq":0,"ack":0,"d":1}',  # seq starts at 1
-    b'{"t":"msg","seq":1,"ack":-1,"d":1}',
-    b'{"t":"msg","seq":1,"ack":0}',  # no d
-    b'{"t":"msg","seq":9007199254740992,"ack":0,"d":1}',  # beyond 2**53-1
-    b'{"t":"msg","seq":true,"ack":0,"d":1}',
-    b'{"t":"msg","seq":1.5,"ack":0,"d":1}',
-    b'{"t":"hello","sid":"","last":0}',
-    b'{"t":"hello","sid":"a\\u0000b","last":0}',
-    b'{"t":"hello","sid":7,"last":0}',
-    b'{"t":"welcome","sid":"x","resumed":"yes","last":0}',
-    b'{"t":"welcome","sid":null,"resumed":true,"last":0}',
-    b'{"t":"ack"}',
-])
+@pytest.mark.parametrize(
+    "raw",
+    [
+        b"",
+        b"not json",
+        b"[]",
+        b'"hello"',
+        b"{}",
+        b'{"t":"nope"}',
+        b'{"t":"msg","seq":0,"ack":0,"d":1}',  # seq starts at 1
+        b'{"t":"msg","seq":1,"ack":-1,"d":1}',
+        b'{"t":"msg","seq":1,"ack":0}',  # no d
+        b'{"t":"msg","seq":9007199254740992,"ack":0,"d":1}',  # beyond 2**53-1
+        b'{"t":"msg","seq":true,"ack":0,"d":1}',
+        b'{"t":"msg","seq":1.5,"ack":0,"d":1}',
+        b'{"t":"hello","sid":"","last":0}',
+        b'{"t":"hello","sid":"a\\u0000b","last":0}',
+        b'{"t":"hello","sid":7,"last":0}',
+        b'{"t":"welcome","sid":"x","resumed":"yes","last":0}',
+        b'{"t":"welcome","sid":null,"resumed":true,"last":0}',
+        b'{"t":"ack"}',
+    ],
+)
 def test_rejects(raw):
     with pytest.raises(ProtocolError):
         decode(raw)
@@ -72,19 +84,19 @@ def test_rejects(raw):
 
 @given(st.binary(max_size=200))
 def test_decoder_raises_only_protocol_error_on_bytes(raw):
-    try:
+    with contextlib.suppress(ProtocolError):
         decode(raw)
-    except ProtocolError:
-        pass
 
 
-@given(st.dictionaries(st.sampled_from(["t", "seq", "ack", "d", "sid", "last", "resumed"]),
-                       json_values | st.sampled_from(["msg", "ack", "hello", "welcome"])))
+@given(
+    st.dictionaries(
+        st.sampled_from(["t", "seq", "ack", "d", "sid", "last", "resumed"]),
+        json_values | st.sampled_from(["msg", "ack", "hello", "welcome"]),
+    )
+)
 def test_decoder_raises_only_protocol_error_on_objects(obj):
-    try:
+    with contextlib.suppress(ProtocolError):
         decode(orjson.dumps(obj))
-    except ProtocolError:
-        pass
 
 
 def test_close_action_ranges():
@@ -117,7 +129,9 @@ def test_hint_round_trip(after, window):
     assert len(h.encode().encode()) <= 123
 
 
-@pytest.mark.parametrize("reason", ["", "bye", "{", "[1]", '{"after_ms": -5}',
-                                    '{"after_ms": 99999999999}', '{"window_ms": "1"}'])
+@pytest.mark.parametrize(
+    "reason",
+    ["", "bye", "{", "[1]", '{"after_ms": -5}', '{"after_ms": 99999999999}', '{"window_ms": "1"}'],
+)
 def test_hint_garbage_is_empty(reason):
     assert CloseHint.decode(reason) == CloseHint()

@@ -25,9 +25,12 @@ async def topo(tmp_path) -> AsyncIterator[Topology]:
 
 
 async def admin_post(t: Topology, path: str, body: dict[str, Any]) -> dict[str, Any]:
-    async with aiohttp.ClientSession() as s, s.post(
-            f"{t.admin_url}{path}", json=body,
-            headers={"Authorization": f"Bearer {t.admin_token}"}) as r:
+    async with (
+        aiohttp.ClientSession() as s,
+        s.post(
+            f"{t.admin_url}{path}", json=body, headers={"Authorization": f"Bearer {t.admin_token}"}
+        ) as r,
+    ):
         out: dict[str, Any] = await r.json()
         assert r.status == 200, out
         return out
@@ -43,8 +46,9 @@ async def owner_of(t: Topology, key: str) -> str:
     return route.node
 
 
-async def stream_exact(client: Client, n: int, at: int,
-                       fault: Callable[[], Awaitable[None]]) -> None:
+async def stream_exact(
+    client: Client, n: int, at: int, fault: Callable[[], Awaitable[None]]
+) -> None:
     """Send n counter messages, run ``fault`` after ``at`` of them, and check that every
     reply comes back exactly once, in order, with the key's counter consecutive."""
     got: list[dict[str, Any]] = []

@@ -25,12 +25,35 @@ async def test_static_echo_path(tmp_path):
     """python -m gateway --static-backend … in front of two echo backends."""
     ports = [free_port(), free_port()]
     gport, aport = free_port(), free_port()
-    procs = [subprocess.Popen([sys.executable, "-m", "backend", "echo", "--listen",
-                               f"127.0.0.1:{p}", "--store", str(tmp_path / "s.db")])
-             for p in ports]
-    procs.append(subprocess.Popen([
-        sys.executable, "-m", "gateway", "--listen", f"127.0.0.1:{gport}", "--admin-listen",
-        f"127.0.0.1:{aport}", *[a for p in ports for a in ("--static-backend", f"127.0.0.1:{p}")]]))
+    procs = [
+        subprocess.Popen(
+            [
+                sys.executable,
+                "-m",
+                "backend",
+                "echo",
+                "--listen",
+                f"127.0.0.1:{p}",
+                "--store",
+                str(tmp_path / "s.db"),
+            ]
+        )
+        for p in ports
+    ]
+    procs.append(
+        subprocess.Popen(
+            [
+                sys.executable,
+                "-m",
+                "gateway",
+                "--listen",
+                f"127.0.0.1:{gport}",
+                "--admin-listen",
+                f"127.0.0.1:{aport}",
+                *[a for p in ports for a in ("--static-backend", f"127.0.0.1:{p}")],
+            ]
+        )
+    )
     try:
         async with aiohttp.ClientSession() as s:
             for _ in range(100):
@@ -80,6 +103,7 @@ async def test_backend_sigterm_hands_off(topo: Topology):
 
 async def test_gateway_kill9_and_restart(topo: Topology):
     async with client(topo, "doc:gw") as c:
+
         async def kill_gateway() -> None:
             assert topo.gateway is not None
             topo.gateway.signal(signal.SIGKILL)
@@ -93,6 +117,7 @@ async def test_gateway_kill9_and_restart(topo: Topology):
 
 async def test_abrupt_tcp_reset(topo: Topology):
     async with client(topo, "doc:rst") as c:
+
         async def reset() -> None:
             ws = c._ws
             assert ws is not None

@@ -25,13 +25,21 @@ def frame(opcode: int, payload: bytes, *, fin: bool = True, mask: bytes | None =
 
 
 frames_st = st.lists(
-    st.tuples(st.sampled_from([0x1, 0x2, 0x9, 0xA]), st.sampled_from([0, 1, 125, 126, 127, 300,
-                                                                       65535, 65536, 70000])),
-    min_size=1, max_size=12)
+    st.tuples(
+        st.sampled_from([0x1, 0x2, 0x9, 0xA]),
+        st.sampled_from([0, 1, 125, 126, 127, 300, 65535, 65536, 70000]),
+    ),
+    min_size=1,
+    max_size=12,
+)
 
 
-@given(frames_st, st.booleans(), st.lists(st.integers(1, 100_000), max_size=20),
-       st.integers(1000, 4999))
+@given(
+    frames_st,
+    st.booleans(),
+    st.lists(st.integers(1, 100_000), max_size=20),
+    st.integers(1000, 4999),
+)
 def test_tracks_frames_across_any_cut(specs, masked, cuts, code):
     stream = b""
     for opcode, n in specs:
@@ -63,15 +71,18 @@ def test_byte_by_byte_header():
     assert t.at_boundary and t.frames == 1
 
 
-@pytest.mark.parametrize("data,masked,code", [
-    (frame(0x2, b"x", mask=None), True, 1002),  # unmasked client frame
-    (frame(0x2, b"x", mask=b"abcd"), False, 1002),  # masked server frame
-    (frame(0x3, b"x", mask=b"abcd"), True, 1002),  # reserved opcode
-    (frame(0xB, b"x", mask=b"abcd"), True, 1002),  # reserved control opcode
-    (frame(0x9, b"x", fin=False, mask=b"abcd"), True, 1002),  # fragmented control frame
-    (frame(0x9, b"x" * 126, mask=b"abcd"), True, 1002),  # control frame > 125
-    (frame(0x2, b"x" * 2000, mask=b"abcd"), True, 1009),  # above max_frame
-])
+@pytest.mark.parametrize(
+    "data,masked,code",
+    [
+        (frame(0x2, b"x", mask=None), True, 1002),  # unmasked client frame
+        (frame(0x2, b"x", mask=b"abcd"), False, 1002),  # masked server frame
+        (frame(0x3, b"x", mask=b"abcd"), True, 1002),  # reserved opcode
+        (frame(0xB, b"x", mask=b"abcd"), True, 1002),  # reserved control opcode
+        (frame(0x9, b"x", fin=False, mask=b"abcd"), True, 1002),  # fragmented control frame
+        (frame(0x9, b"x" * 126, mask=b"abcd"), True, 1002),  # control frame > 125
+        (frame(0x2, b"x" * 2000, mask=b"abcd"), True, 1009),  # above max_frame
+    ],
+)
 def test_violations(data, masked, code):
     assert FrameTracker(masked=masked, max_frame=1024).feed(data) == code
 

@@ -10,8 +10,13 @@ KEY = base64.b64encode(b"0123456789abcdef").decode()
 
 
 def req(target="/ws?key=room:1", **headers: str) -> bytes:
-    h = {"Host": "gw", "Upgrade": "websocket", "Connection": "Upgrade",
-         "Sec-WebSocket-Key": KEY, "Sec-WebSocket-Version": "13"}
+    h = {
+        "Host": "gw",
+        "Upgrade": "websocket",
+        "Connection": "Upgrade",
+        "Sec-WebSocket-Key": KEY,
+        "Sec-WebSocket-Version": "13",
+    }
     h.update({k.replace("_", "-"): v for k, v in headers.items()})
     lines = "".join(f"{k}: {v}\r\n" for k, v in h.items() if v is not None)
     return f"GET {target} HTTP/1.1\r\n{lines}\r\n".encode()
@@ -24,8 +29,12 @@ def parse(data: bytes, **kw):
 def test_valid_upgrade():
     up = parse(req(Authorization="Bearer tok", Origin="https://a"))
     assert up is not None
-    assert (up.key, up.token, up.origin, up.target) == ("room:1", "tok", "https://a",
-                                                        "/ws?key=room:1")
+    assert (up.key, up.token, up.origin, up.target) == (
+        "room:1",
+        "tok",
+        "https://a",
+        "/ws?key=room:1",
+    )
 
 
 def test_key_from_header_and_token_from_query():
@@ -42,19 +51,22 @@ def test_incremental_and_trailing_data():
     assert up is not None and p.trailing == b"\x81\x85early"
 
 
-@pytest.mark.parametrize("data,status", [
-    (b"POST /ws?key=a HTTP/1.1\r\nHost: x\r\nContent-Length: 0\r\n\r\n", 405),
-    (req("/other?key=a"), 404),
-    (req(Upgrade=None), 426),
-    (req(Connection="keep-alive"), 400),
-    (req(Sec_WebSocket_Version="8"), 426),
-    (req(Sec_WebSocket_Key=None), 400),
-    (req(Sec_WebSocket_Key="short"), 400),
-    (req("/ws"), 400),  # no routing key
-    (req("/ws?key=" + "k" * 300), 400),
-    (b"GARBAGE\r\n\r\n", 400),
-    (b"GET / HTTP/1.1\r\nHost: x\r\nBad Header\r\n\r\n", 400),
-])
+@pytest.mark.parametrize(
+    "data,status",
+    [
+        (b"POST /ws?key=a HTTP/1.1\r\nHost: x\r\nContent-Length: 0\r\n\r\n", 405),
+        (req("/other?key=a"), 404),
+        (req(Upgrade=None), 426),
+        (req(Connection="keep-alive"), 400),
+        (req(Sec_WebSocket_Version="8"), 426),
+        (req(Sec_WebSocket_Key=None), 400),
+        (req(Sec_WebSocket_Key="short"), 400),
+        (req("/ws"), 400),  # no routing key
+        (req("/ws?key=" + "k" * 300), 400),
+        (b"GARBAGE\r\n\r\n", 400),
+        (b"GET / HTTP/1.1\r\nHost: x\r\nBad Header\r\n\r\n", 400),
+    ],
+)
 def test_rejections(data, status):
     with pytest.raises(HandshakeError) as exc:
         parse(data, path_prefix="/ws")
@@ -81,12 +93,16 @@ def test_fuzz_parser_only_raises_handshake_error(data):
 def test_forward_request_strips_spoofed_headers():
     up = parse(req(**{"X-Route-Epoch": "999", "X-Forwarded-For": "1.2.3.4"}))
     assert up is not None
-    conn, data = forward_request(up, key="room:1", slot=5, epoch=7, client_ip="10.0.0.1",
-                                 request_id="r1")
+    conn, data = forward_request(
+        up, key="room:1", slot=5, epoch=7, client_ip="10.0.0.1", request_id="r1"
+    )
     text = data.decode().lower()
     assert "x-route-epoch: 7" in text and "999" not in text and "1.2.3.4" not in text
-    ans = read_answer(conn, b"HTTP/1.1 101 Switching Protocols\r\nUpgrade: websocket\r\n"
-                            b"Connection: Upgrade\r\n\r\n\x82\x00")
+    ans = read_answer(
+        conn,
+        b"HTTP/1.1 101 Switching Protocols\r\nUpgrade: websocket\r\n"
+        b"Connection: Upgrade\r\n\r\n\x82\x00",
+    )
     assert ans is not None and ans.status == 101 and ans.trailing == b"\x82\x00"
 
 

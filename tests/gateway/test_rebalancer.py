@@ -20,8 +20,9 @@ def table() -> SlotTable:
     return static_table(NODES)
 
 
-def loads_from(key_rates: dict[str, float], t: SlotTable, cap: float = 1000.0,
-               high: float = 0.85) -> list[NodeLoad]:
+def loads_from(
+    key_rates: dict[str, float], t: SlotTable, cap: float = 1000.0, high: float = 0.85
+) -> list[NodeLoad]:
     """Build node reports from per-key rates, as the backends would."""
     per: dict[str, dict[str, float]] = {n: {} for n in NODES}
     for k, r in key_rates.items():
@@ -58,8 +59,13 @@ def keys_on(t: SlotTable, node: str, n: int, prefix: str = "k") -> list[str]:
     return out
 
 
-def simulate(key_rates: dict[str, float], t: SlotTable, cfg: PlannerConfig, rounds: int = 20,
-             step: float = 1.0) -> tuple[list[float], list[tuple[Move, ...]]]:
+def simulate(
+    key_rates: dict[str, float],
+    t: SlotTable,
+    cfg: PlannerConfig,
+    rounds: int = 20,
+    step: float = 1.0,
+) -> tuple[list[float], list[tuple[Move, ...]]]:
     state = PlannerState()
     imbs, plans = [], []
     for i in range(rounds):
@@ -159,8 +165,7 @@ def test_everyone_hot_sheds_instead_of_moving():
 def test_busy_nodes_are_left_alone():
     t = table()
     rates = {k: 100.0 for k in keys_on(t, "n1", 9)}
-    p = plan(loads_from(rates, t), t, PlannerState(), 0.0, PlannerConfig(),
-             busy=frozenset({"n1"}))
+    p = plan(loads_from(rates, t), t, PlannerState(), 0.0, PlannerConfig(), busy=frozenset({"n1"}))
     assert p.moves == ()
 
 

@@ -43,8 +43,9 @@ async def plain_server(handler: Any = echo, **kw: Any):
 
 @contextlib.asynccontextmanager
 async def gateway(backends: list[str], directory: Any = None, **kw: Any):
-    cfg = GatewayConfig(listen="127.0.0.1:0", static_backend=backends if directory is None
-                        else [], **kw)
+    cfg = GatewayConfig(
+        listen="127.0.0.1:0", static_backend=backends if directory is None else [], **kw
+    )
     gw = Gateway(cfg, directory or StaticDirectory(backends))
     await gw.start()
     try:
@@ -76,10 +77,14 @@ async def test_same_key_same_backend():
         async def h(ws: ServerConnection) -> None:
             seen.append(name)
             await ws.close()
+
         return h
 
-    async with plain_server(handler_for("a")) as b1, plain_server(handler_for("b")) as b2, \
-            gateway([b1, b2]) as gw:
+    async with (
+        plain_server(handler_for("a")) as b1,
+        plain_server(handler_for("b")) as b2,
+        gateway([b1, b2]) as gw,
+    ):
         for _ in range(5):
             async with connect(url(gw, "stable")) as ws:
                 with contextlib.suppress(ConnectionClosed):
@@ -176,9 +181,11 @@ async def test_half_open_handshake_flood_times_out_and_others_still_work():
 async def test_slow_client_is_cut_off_and_others_unaffected():
     async with plain_server(flood) as b, gateway([b], slow_consumer_s=0.5) as gw:
         r, w = await asyncio.open_connection("127.0.0.1", gw.port, limit=1024)
-        w.write(b"GET /ws?key=slow HTTP/1.1\r\nHost: x\r\nUpgrade: websocket\r\n"
-                b"Connection: Upgrade\r\nSec-WebSocket-Key: MDEyMzQ1Njc4OWFiY2RlZg==\r\n"
-                b"Sec-WebSocket-Version: 13\r\n\r\n")
+        w.write(
+            b"GET /ws?key=slow HTTP/1.1\r\nHost: x\r\nUpgrade: websocket\r\n"
+            b"Connection: Upgrade\r\nSec-WebSocket-Key: MDEyMzQ1Njc4OWFiY2RlZg==\r\n"
+            b"Sec-WebSocket-Version: 13\r\n\r\n"
+        )
         await r.readuntil(b"\r\n\r\n")
         # ... and never read again. The gateway's buffer for it must stay bounded.
         for _ in range(30):
@@ -214,10 +221,13 @@ async def test_tokens():
         async with connect(url(gw), additional_headers={"Authorization": f"Bearer {good}"}) as ws:
             await ws.send("ok")
             assert await ws.recv() == "ok"
-        for token, status in ((None, 401), ("garbage", 401),
-                              (make_token(secret, "alice", ["room:*"], ttl_s=-60), 401),
-                              (make_token("x" * 32, "alice", ["room:*"]), 401),
-                              (make_token(secret, "alice", ["doc:*"]), 403)):
+        for token, status in (
+            (None, 401),
+            ("garbage", 401),
+            (make_token(secret, "alice", ["room:*"], ttl_s=-60), 401),
+            (make_token("x" * 32, "alice", ["room:*"]), 401),
+            (make_token(secret, "alice", ["doc:*"]), 403),
+        ):
             headers = {"Authorization": f"Bearer {token}"} if token else None
             with pytest.raises(InvalidStatus) as exc:
                 await connect(url(gw), additional_headers=headers)
@@ -228,15 +238,14 @@ async def test_tokens():
 
 
 async def test_admission_control_sheds_new_upgrades():
-    async with plain_server() as b, gateway([b]) as gw:
-        async with connect(url(gw)) as ws:
-            gw.admission = lambda: 3
-            with pytest.raises(InvalidStatus) as exc:
-                await connect(url(gw))
-            assert exc.value.response.status_code == 503
-            assert exc.value.response.headers["Retry-After"] == "3"
-            await ws.send("existing sessions keep running")
-            assert await ws.recv() == "existing sessions keep running"
+    async with plain_server() as b, gateway([b]) as gw, connect(url(gw)) as ws:
+        gw.admission = lambda: 3
+        with pytest.raises(InvalidStatus) as exc:
+            await connect(url(gw))
+        assert exc.value.response.status_code == 503
+        assert exc.value.response.headers["Retry-After"] == "3"
+        await ws.send("existing sessions keep running")
+        assert await ws.recv() == "existing sessions keep running"
 
 
 async def test_connection_limit_answers_503():

@@ -26,9 +26,15 @@ def test_zipf_shares():
 @pytest.mark.parametrize("share", [0.2, 0.4, 0.6])
 def test_hotspot_share_and_constant_total(share):
     hs = Hotspot(10, 20, share, 4)
-    specs = build_clients(clients=1000, keys=[f"k{i}" for i in range(200)],
-                          hot_keys=["h0", "h1", "h2", "h3"], zipf=1.0, rate=1.0, hotspot=hs,
-                          ramp_per_s=100)
+    specs = build_clients(
+        clients=1000,
+        keys=[f"k{i}" for i in range(200)],
+        hot_keys=["h0", "h1", "h2", "h3"],
+        zipf=1.0,
+        rate=1.0,
+        hotspot=hs,
+        ramp_per_s=100,
+    )
     assert hot_share(specs, 15, hs) == pytest.approx(share, abs=0.01)
     assert hot_share(specs, 5, hs) < 0.1
     totals = [sum(s.rate_at(t, hs) for s in specs) for t in (5, 15, 35)]
@@ -39,8 +45,9 @@ def test_hotspot_share_and_constant_total(share):
 def test_poisson_onset_is_sharp():
     """Sends at the new rate start at the onset, not after a gap drawn at the old rate."""
     hs = Hotspot(10, 10, 0.4, 1)
-    spec = build_clients(clients=10, keys=["k"], hot_keys=["h"], zipf=0, rate=10, hotspot=hs,
-                         ramp_per_s=10)
+    spec = build_clients(
+        clients=10, keys=["k"], hot_keys=["h"], zipf=0, rate=10, hotspot=hs, ramp_per_s=10
+    )
     hot = next(s for s in spec if s.hot)
     rng = random.Random(1)
     firsts = []
