@@ -12,6 +12,7 @@ from clientlib.errors import (
     TerminalClose,
     Unauthorized,
 )
+from clientlib.sync import SyncClient
 
 __all__ = [
     "BackoffPolicy",
@@ -24,6 +25,7 @@ __all__ = [
     "SendBufferFull",
     "ServerProtocolError",
     "StartTimeout",
+    "SyncClient",
     "TerminalClose",
     "Unauthorized",
 ]

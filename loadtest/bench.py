@@ -106,8 +106,9 @@ async def _client(url: str, conns: int, duration: float, session: bool, out: Any
 
     async def one(i: int) -> None:
         nonlocal count
-        async with connect(f"{url}?key=k{i}", compression=None, ping_interval=None,
-                           max_size=None) as ws:
+        async with connect(
+            f"{url}?key=k{i}", compression=None, ping_interval=None, max_size=None
+        ) as ws:
             seq = last = 0
             if session:
                 await ws.send(b'{"t":"hello","sid":null,"last":0}', text=True)
@@ -131,12 +132,15 @@ async def _client(url: str, conns: int, duration: float, session: bool, out: Any
     out.put({"count": count, "hist": hist.encode()})
 
 
-def drive(url: str, conns: int, duration: float, session: bool, procs: int = 1
-          ) -> tuple[int, HdrHistogram]:
+def drive(
+    url: str, conns: int, duration: float, session: bool, procs: int = 1
+) -> tuple[int, HdrHistogram]:
     ctx = multiprocessing.get_context("spawn")
     q = ctx.Queue()
-    ps = [ctx.Process(target=client_proc, args=(url, conns // procs, duration, session, q))
-          for _ in range(procs)]
+    ps = [
+        ctx.Process(target=client_proc, args=(url, conns // procs, duration, session, q))
+        for _ in range(procs)
+    ]
     for p in ps:
         p.start()
     results = [q.get(timeout=duration + 60) for _ in ps]
@@ -157,9 +161,11 @@ async def idle_conns(port: int, n: int, path: str = "/ws") -> list[asyncio.Strea
         async with sem:
             r, w = await asyncio.open_connection("127.0.0.1", port)
             key = base64.b64encode(os.urandom(16)).decode()
-            w.write(f"GET {path}?key=idle{i} HTTP/1.1\r\nHost: x\r\nUpgrade: websocket\r\n"
-                    f"Connection: Upgrade\r\nSec-WebSocket-Key: {key}\r\n"
-                    f"Sec-WebSocket-Version: 13\r\n\r\n".encode())
+            w.write(
+                f"GET {path}?key=idle{i} HTTP/1.1\r\nHost: x\r\nUpgrade: websocket\r\n"
+                f"Connection: Upgrade\r\nSec-WebSocket-Key: {key}\r\n"
+                f"Sec-WebSocket-Version: 13\r\n\r\n".encode()
+            )
             head = await r.readuntil(b"\r\n\r\n")
             if not head.startswith(b"HTTP/1.1 101"):
                 raise RuntimeError(f"idle connection refused: {head[:40]!r}")
@@ -214,17 +220,29 @@ def start_system(name: str, backends: list[str], workdir: Path) -> System | None
         p0 = int(backends[0].rsplit(":", 1)[1])
         return System(name, f"ws://{backends[0]}/ws", p0, None)
     if name == "gateway":
-        args = [py, "-m", "gateway", "--listen", f"127.0.0.1:{port}", "--admin-listen",
-                f"127.0.0.1:{free_port()}", "--log-level", "warning"]
+        args = [
+            py,
+            "-m",
+            "gateway",
+            "--listen",
+            f"127.0.0.1:{port}",
+            "--admin-listen",
+            f"127.0.0.1:{free_port()}",
+            "--log-level",
+            "warning",
+        ]
         for b in backends:
             args += ["--static-backend", b]
         proc = start(args, workdir / "gateway.log")
     elif name == "nginx":
-        exe = shutil.which("nginx") or ("/usr/sbin/nginx" if Path("/usr/sbin/nginx").exists()
-                                        else None)
+        exe = shutil.which("nginx") or (
+            "/usr/sbin/nginx" if Path("/usr/sbin/nginx").exists() else None
+        )
         if exe is None:
-            print("bench: nginx not found, skipped (apt-get install nginx-light to include it)",
-                  file=sys.stderr)
+            print(
+                "bench: nginx not found, skipped (apt-get install nginx-light to include it)",
+                file=sys.stderr,
+            )
             return None
         d = workdir / "nginx"
         d.mkdir(exist_ok=True)
@@ -241,21 +259,24 @@ def start_system(name: str, backends: list[str], workdir: Path) -> System | None
     return System(name, f"ws://127.0.0.1:{port}/ws", port, proc)
 
 
-def measure(sys_: System, conns: int, duration: float, idle: int, session: bool
-            ) -> dict[str, Any]:
+def measure(sys_: System, conns: int, duration: float, idle: int, session: bool) -> dict[str, Any]:
     pid = sys_.proc.pid if sys_.proc else None
     cpu0 = cpu_s(pid) if pid else 0.0
     count, hist = drive(sys_.url, conns, duration, session)
     cpu1 = cpu_s(pid) if pid else 0.0
     rec: dict[str, Any] = {
-        "system": sys_.name, "conns": conns,
+        "system": sys_.name,
+        "conns": conns,
         "cpu_us_per_rt": round((cpu1 - cpu0) * 1e6 / count, 1) if pid and count else None,
         "msgs_per_s": round(count / (duration - min(1.0, duration / 5))),
-        "p50_us": hist.get_value_at_percentile(50), "p99_us": hist.get_value_at_percentile(99),
-        "p999_us": hist.get_value_at_percentile(99.9), "rss_kib_per_conn": None,
+        "p50_us": hist.get_value_at_percentile(50),
+        "p99_us": hist.get_value_at_percentile(99),
+        "p999_us": hist.get_value_at_percentile(99.9),
+        "rss_kib_per_conn": None,
         "idle_conns": idle,
     }
     if pid and idle:
+
         async def mem() -> float:
             warm = await idle_conns(sys_.port, 100)
             await asyncio.sleep(0.5)
@@ -283,8 +304,10 @@ def machine() -> str:
                 break
     except OSError:
         pass
-    return (f"{os.cpu_count()} cores ({cpu}), {platform.system()} {platform.release()}, "
-            f"Python {platform.python_version()}")
+    return (
+        f"{os.cpu_count()} cores ({cpu}), {platform.system()} {platform.release()}, "
+        f"Python {platform.python_version()}"
+    )
 
 
 def run_bench(args: argparse.Namespace) -> int:
@@ -296,8 +319,11 @@ def run_bench(args: argparse.Namespace) -> int:
         if args.what == "relay":
             ports = [free_port(), free_port()]
             for p in ports:
-                procs.append(start([py, "-m", "loadtest.echo_server", f"127.0.0.1:{p}"],
-                                   work / f"echo-{p}.log"))
+                procs.append(
+                    start(
+                        [py, "-m", "loadtest.echo_server", f"127.0.0.1:{p}"], work / f"echo-{p}.log"
+                    )
+                )
             for p in ports:
                 asyncio.run(wait_port(p))
             backends = [f"127.0.0.1:{p}" for p in ports]
@@ -317,8 +343,7 @@ def run_bench(args: argparse.Namespace) -> int:
                 procs.append(s.proc)
             asyncio.run(wait_port(s.port))
             idle = args.idle_conns if args.what == "relay" and name != "direct" else 0
-            rec = measure(s, args.conns, args.duration, idle,
-                          session and name == "backend-echo")
+            rec = measure(s, args.conns, args.duration, idle, session and name == "backend-echo")
             print(orjson.dumps(rec).decode(), flush=True)
             rows.append(rec)
             if s.proc is not None:
@@ -340,9 +365,21 @@ def start_backend_system(name: str, work: Path) -> System:
     if name == "bare-websockets":
         proc = start([py, "-m", "loadtest.echo_server", f"127.0.0.1:{port}"], work / "bare.log")
     else:
-        proc = start([py, "-m", "backend", "echo", "--listen", f"127.0.0.1:{port}",
-                      "--store", str(work / "store.db"), "--log-level", "warning"],
-                     work / "backend.log")
+        proc = start(
+            [
+                py,
+                "-m",
+                "backend",
+                "echo",
+                "--listen",
+                f"127.0.0.1:{port}",
+                "--store",
+                str(work / "store.db"),
+                "--log-level",
+                "warning",
+            ],
+            work / "backend.log",
+        )
     return System(name, f"ws://127.0.0.1:{port}/ws", port, proc)
 
 
@@ -372,13 +409,14 @@ def write_markdown(path: Path, args: argparse.Namespace, rows: list[dict[str, An
             f"| {r['system']} | {r['cpu_us_per_rt'] or '–'}{ratio(r, 'cpu_us_per_rt')} "
             f"| {r['rss_kib_per_conn'] if r['rss_kib_per_conn'] is not None else '–'}"
             f"{ratio(r, 'rss_kib_per_conn')} | {r['msgs_per_s']} | {r['p50_us']}"
-            f"{ratio(r, 'p50_us')} | {r['p99_us']}{ratio(r, 'p99_us')} | {r['p999_us']} |")
+            f"{ratio(r, 'p50_us')} | {r['p99_us']}{ratio(r, 'p99_us')} | {r['p999_us']} |"
+        )
     lines.append(f"<!-- bench:{args.what}:end -->")
     block = "\n".join(lines)
     text = path.read_text() if path.exists() else "# Benchmarks\n"
     start_m, end_m = f"<!-- bench:{args.what}:start -->", f"<!-- bench:{args.what}:end -->"
     if start_m in text and end_m in text:
-        text = text[: text.index(start_m)] + block + text[text.index(end_m) + len(end_m):]
+        text = text[: text.index(start_m)] + block + text[text.index(end_m) + len(end_m) :]
     else:
         text = text.rstrip() + f"\n\n## {args.what}\n\n" + block + "\n"
     path.write_text(text)

@@ -27,8 +27,9 @@ def main() -> None:
     resource.setrlimit(resource.RLIMIT_NOFILE, (hard, hard))
 
     async def run() -> None:
-        async with serve(echo, host, int(port), compression=None, max_size=None,
-                         ping_interval=None, backlog=4096):
+        async with serve(
+            echo, host, int(port), compression=None, max_size=None, ping_interval=None, backlog=4096
+        ):
             await asyncio.Future()
 
     uvloop.run(run())

@@ -19,8 +19,9 @@ from websockets.asyncio.server import ServerConnection, serve
 from websockets.exceptions import ConnectionClosed
 
 
-async def pump(src: ServerConnection | ClientConnection,
-               dst: ServerConnection | ClientConnection) -> None:
+async def pump(
+    src: ServerConnection | ClientConnection, dst: ServerConnection | ClientConnection
+) -> None:
     with contextlib.suppress(ConnectionClosed):
         async for msg in src:
             await dst.send(msg)
@@ -39,13 +40,21 @@ def main() -> None:
         assert ws.request is not None
         key = parse_qs(urlsplit(ws.request.path).query).get("key", [""])[0]
         target = backends[zlib.crc32(key.encode()) % len(backends)]
-        async with connect(f"ws://{target}{ws.request.path}", compression=None,
-                           max_size=None, ping_interval=None) as up:
+        async with connect(
+            f"ws://{target}{ws.request.path}", compression=None, max_size=None, ping_interval=None
+        ) as up:
             await asyncio.gather(pump(ws, up), pump(up, ws))
 
     async def run() -> None:
-        async with serve(handler, host, int(port), compression=None, max_size=None,
-                         ping_interval=None, backlog=4096):
+        async with serve(
+            handler,
+            host,
+            int(port),
+            compression=None,
+            max_size=None,
+            ping_interval=None,
+            backlog=4096,
+        ):
             await asyncio.Future()
 
     uvloop.run(run())

@@ -276,9 +276,7 @@ class Runner:
                 if time.time() > deadline:
                     raise RuntimeError("workers did not finish in time") from None
                 if all(not p.is_alive() for p in procs) and q.empty():
-                    raise RuntimeError(
-                        "a worker process died; see its output above"
-                    ) from None
+                    raise RuntimeError("a worker process died; see its output above") from None
                 await asyncio.sleep(0.1)
                 continue
             if rec.get("final"):
