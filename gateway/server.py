@@ -4,12 +4,12 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
-from functools import partial
 import resource
 import secrets
 import ssl
 import time
 from collections.abc import Callable
+from functools import partial
 
 import structlog
 

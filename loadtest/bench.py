@@ -350,10 +350,10 @@ def run_bench(args: argparse.Namespace) -> int:
                 s.proc.terminate()
                 s.proc.wait(10)
     finally:
-        for p in procs:
-            if p.poll() is None:
-                p.terminate()
-                p.wait(10)
+        for proc in procs:
+            if proc.poll() is None:
+                proc.terminate()
+                proc.wait(10)
     if args.write:
         write_markdown(Path(args.write), args, rows)
     return 0
@@ -401,7 +401,8 @@ def write_markdown(path: Path, args: argparse.Namespace, rows: list[dict[str, An
         f"Machine: {machine()}  ",
         f"Date: {time.strftime('%Y-%m-%d %H:%M UTC', time.gmtime())}",
         "",
-        "| system | CPU µs / round trip | RSS KiB / idle conn | msgs/s | p50 µs | p99 µs | p99.9 µs |",
+        "| system | CPU µs / round trip | RSS KiB / idle conn | msgs/s "
+        "| p50 µs | p99 µs | p99.9 µs |",
         "|---|---|---|---|---|---|---|",
     ]
     for r in rows:

@@ -23,7 +23,7 @@ async def echo(ws: ServerConnection) -> None:
 
 def main() -> None:
     host, port = sys.argv[1].rsplit(":", 1)
-    soft, hard = resource.getrlimit(resource.RLIMIT_NOFILE)
+    _soft, hard = resource.getrlimit(resource.RLIMIT_NOFILE)
     resource.setrlimit(resource.RLIMIT_NOFILE, (hard, hard))
 
     async def run() -> None:
