@@ -42,6 +42,11 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
         help="a plain WebSocket backend (repeatable); hashed consistently by key",
     )
     p.add_argument("--control-secret", help="enable the control plane; backends use this secret")
+    p.add_argument(
+        "--require-key",
+        choices=["on", "off"],
+        help="off: route upgrades without a key as the empty key (default on)",
+    )
     p.add_argument("--jwt-secret", help="require HS256 tokens signed with this secret")
     p.add_argument("--state-dir", help="where the control plane keeps its table")
     p.add_argument("--rebalance", choices=["on", "off"], help="move hot keys (default on)")
@@ -92,6 +97,8 @@ def main(argv: list[str] | None = None) -> None:
     flags = {k: v for k, v in vars(args).items() if k != "config"}
     if args.rebalance is not None:
         flags["rebalance"] = args.rebalance == "on"
+    if args.require_key is not None:
+        flags["require_key"] = args.require_key == "on"
     try:
         cfg = build_config(GatewayConfig, file=args.config, env_prefix="GATEWAY_", flags=flags)
         configure_logging(cfg.log_level)

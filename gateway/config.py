@@ -16,6 +16,9 @@ class GatewayConfig:
     static_backend: list[str] = field(default_factory=list)  # plain WebSocket servers
     path_prefix: str = "/"
     key_header: str = "X-Routing-Key"  # alternative to ?key=
+    # False: an upgrade without a key is routed as the empty key (nginx `hash $arg_key`
+    # does the same), for plain WebSocket servers whose clients send none.
+    require_key: bool = True
     # auth
     jwt_secret: str | None = None  # when set, every upgrade needs a valid token
     allowed_origins: list[str] = field(default_factory=list)  # empty: any origin

@@ -50,15 +50,21 @@ def http_response(status: int, body: str = "", headers: tuple[tuple[str, str], .
 class UpgradeParser:
     """Feed client bytes; returns an :class:`Upgrade` once a valid request is complete."""
 
-    __slots__ = ("_conn", "key_header", "path_prefix", "trailing")
+    __slots__ = ("_conn", "key_header", "path_prefix", "require_key", "trailing")
 
     def __init__(
-        self, *, max_bytes: int = 16384, path_prefix: str = "/", key_header: str = "x-routing-key"
+        self,
+        *,
+        max_bytes: int = 16384,
+        path_prefix: str = "/",
+        key_header: str = "x-routing-key",
+        require_key: bool = True,
     ):
         self._conn = h11.Connection(h11.SERVER, max_incomplete_event_size=max_bytes)
         self.path_prefix = path_prefix
         self.key_header = key_header.lower().encode()
         self.trailing = b""
+        self.require_key = require_key
 
     def feed(self, data: bytes) -> Upgrade | None:
         conn = self._conn
@@ -115,7 +121,9 @@ class UpgradeParser:
         query = parse_qs(parts.query)
         key = query.get("key", [None])[0] or _text(h.get(self.key_header))
         if not key:
-            raise HandshakeError(400, "missing routing key (?key=… or header)")
+            if self.require_key:
+                raise HandshakeError(400, "missing routing key (?key=… or header)")
+            key = ""
         if len(key) > MAX_KEY_LEN or not key.isprintable():
             raise HandshakeError(400, "invalid routing key")
         token = query.get("token", [None])[0]

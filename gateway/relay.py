@@ -85,6 +85,7 @@ class ClientSide(asyncio.Protocol):
             max_bytes=gw.config.max_handshake_bytes,
             path_prefix=gw.config.path_prefix,
             key_header=gw.config.key_header,
+            require_key=gw.config.require_key,
         )
         cfg = gw.config
         self.c2b = FrameTracker(masked=True, max_frame=cfg.max_frame_bytes)
