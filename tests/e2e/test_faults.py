@@ -1,0 +1,134 @@
+"""Faults with real processes: a frozen (zombie) node, a rolling restart, a reconnect storm,
+and bad control-plane input."""
+
+from __future__ import annotations
+
+import asyncio
+import signal
+import time
+
+import aiohttp
+import orjson
+import pytest
+from websockets.asyncio.client import connect
+from websockets.exceptions import InvalidStatus
+
+from clientlib import Client
+from clientlib.backoff import BackoffPolicy
+from loadtest.topology import Topology
+from tests.e2e.conftest import client, owner_of, stream_exact
+
+pytestmark = [pytest.mark.slow, pytest.mark.timeout(150)]
+
+
+async def wait_alive(t: Topology, node: str, timeout: float = 15.0) -> None:
+    deadline = time.monotonic() + timeout
+    async with aiohttp.ClientSession() as s:
+        while time.monotonic() < deadline:
+            st = await t.status(s)
+            n = st["nodes"].get(node)
+            if n and n["alive"] and n["slots"] > 0:
+                return
+            await asyncio.sleep(0.2)
+    raise AssertionError(f"{node} did not come back")
+
+
+async def test_zombie_node_is_fenced(topo: Topology):
+    """SIGSTOP the owner past its lease: its keys go elsewhere; when it wakes up, its stale
+    writes are refused by the store and nothing is lost or duplicated (write-through)."""
+    async with client(topo, "doc:zombie") as c:
+        owner = await owner_of(topo, "doc:zombie")
+
+        async def freeze() -> None:
+            topo.kill(owner, signal.SIGSTOP)
+            await asyncio.sleep(4.5)  # lease 3 s + a tick
+            topo.kill(owner, signal.SIGCONT)
+
+        await stream_exact(c, 3000, 1000, freeze)
+        assert await owner_of(topo, "doc:zombie") != owner
+
+
+async def test_rolling_restart_loses_nothing(topo: Topology):
+    keys = [f"roll:{i}" for i in range(4)]
+    async with contextlib_clients(topo, keys) as clients:
+        async def roll() -> None:
+            for name in list(topo.nodes):
+                topo.kill(name, signal.SIGTERM)
+                await asyncio.get_running_loop().run_in_executor(None, topo.nodes[name].wait, 15)
+                topo.start_backend(name)
+                await wait_alive(topo, name)
+
+        tasks = [stream_exact(c, 2500, 200, roll if i == 0 else _noop)
+                 for i, c in enumerate(clients)]
+        await asyncio.gather(*tasks)
+        assert sum(c.stats.resumes for c in clients) >= 1
+        assert all(c.stats.not_resumed == 0 for c in clients)
+
+
+async def _noop() -> None:
+    return None
+
+
+class contextlib_clients:
+    def __init__(self, t: Topology, keys: list[str]):
+        self.clients = [Client(t.url, k, ping_interval=1.0, ping_timeout=2.0) for k in keys]
+
+    async def __aenter__(self) -> list[Client]:
+        for c in self.clients:
+            await c.start()
+        return self.clients
+
+    async def __aexit__(self, *exc: object) -> None:
+        for c in self.clients:
+            await c.close()
+
+
+async def test_reconnect_storm_after_gateway_kill(topo: Topology):
+    """1,500 sessions dropped at once (kill -9 of the gateway): every one is back and
+    resumed, and the gateway survives the storm."""
+    n = 1500
+    clients = [Client(topo.url, f"storm:{i % 300}", ping_interval=None,
+                      backoff=BackoffPolicy(base=0.2, cap=3.0)) for i in range(n)]
+    sem = asyncio.Semaphore(100)
+
+    async def start(c: Client) -> None:
+        async with sem:
+            await c.start()
+
+    await asyncio.gather(*(start(c) for c in clients))
+    for c in clients:
+        await c.send({"n": 1})
+    assert topo.gateway is not None
+    topo.gateway.signal(signal.SIGKILL)
+    topo.gateway.wait(5)
+    t0 = time.monotonic()
+    topo.start_gateway()
+    for c in clients:
+        await c.send({"n": 2})
+    replies = await asyncio.wait_for(
+        asyncio.gather(*(asyncio.gather(c.recv(), c.recv()) for c in clients)), 60)
+    took = time.monotonic() - t0
+    assert all([r["n"] for r in pair] == [1, 2] for pair in replies)
+    assert sum(c.stats.resumes for c in clients) >= n * 0.99
+    print(f"storm: {n} sessions back in {took:.1f}s")
+    for c in clients:
+        await c.close()
+
+
+async def test_control_plane_bad_input(topo: Topology):
+    url = f"ws://127.0.0.1:{topo.admin_port}/v1/control"
+    with pytest.raises(InvalidStatus) as exc:
+        await connect(url, additional_headers={"Authorization": "Bearer wrong"})
+    assert exc.value.response.status_code == 401
+    async with aiohttp.ClientSession() as s:
+        before = await topo.status(s)
+    async with connect(url, additional_headers={"Authorization": f"Bearer {topo.secret}"}) as ws:
+        for bad in ("not json", '{"t":"released","move":1}',  # not registered
+                    '{"t":"register","node":"x","addr":"nowhere","capacity":1}',
+                    '{"t":"register","node":"x","addr":"127.0.0.1:1","capacity":-5}'):
+            await ws.send(bad)
+            assert orjson.loads(await ws.recv())["t"] == "error"
+    async with aiohttp.ClientSession() as s:
+        after = await topo.status(s)
+    assert after["moves"] == before["moves"]
+    assert set(after["nodes"]) == set(before["nodes"])
