@@ -46,6 +46,9 @@ def _keepalive(transport: asyncio.BaseTransport) -> None:
         sock.setsockopt(socket.IPPROTO_TCP, socket.TCP_KEEPINTVL, 10)
         sock.setsockopt(socket.IPPROTO_TCP, socket.TCP_KEEPCNT, 3)
         sock.setsockopt(socket.IPPROTO_TCP, socket.TCP_NODELAY, 1)
+        # Data unacknowledged this long means the peer is gone (a blackholed link):
+        # the kernel aborts instead of retransmitting for ~15 minutes.
+        sock.setsockopt(socket.IPPROTO_TCP, socket.TCP_USER_TIMEOUT, 30_000)
     except OSError:
         pass
 
@@ -361,4 +364,6 @@ class BackendSide(asyncio.Protocol):
                     # The backend vanished without a close frame: tell the client to come back.
                     t.write(close_frame(CloseCode.GOING_AWAY, CloseHint(window_ms=1000).encode()))
                 t.close()
+                # A client that never takes the rest of its buffer must not linger.
+                c.gw.loop.call_later(5.0, c.abort)
             c.state = CLOSING

@@ -60,11 +60,20 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
     b.add_argument(
         "--write", default="docs/benchmarks.md", help="markdown file to update ('' to skip)"
     )
+    from loadtest.netfault import add_parser
+
+    add_parser(sub)
     return p.parse_args(argv)
 
 
 def main(argv: list[str] | None = None) -> None:
     args = parse_args(argv)
+    if args.cmd == "netfault":
+        from loadtest.netfault import FAULTS
+        from loadtest.netfault import main as netfault_main
+
+        args.fault = args.fault or list(FAULTS)
+        sys.exit(netfault_main(args))
     if args.cmd == "bench":
         from loadtest.bench import run_bench
 

@@ -49,20 +49,23 @@ async def close_code_after(url: str, *frames: Any) -> int | None:
 HELLO = {"t": "hello", "sid": None, "last": 0}
 
 
-@pytest.mark.parametrize("frames,code", [
-    (["not json"], 4502),
-    ([{"t": "msg", "seq": 1, "ack": 0, "d": 1}], 4502),  # no hello first
-    ([{"t": "bogus"}], 4502),
-    ([HELLO, {"t": "launch"}], 4502),
-    ([HELLO, {"t": "msg", "seq": -1, "ack": 0, "d": 1}], 4502),
-    ([HELLO, {"t": "msg", "seq": 2**60, "ack": 0, "d": 1}], 4502),  # out of range
-    ([HELLO, {"t": "msg", "seq": 3, "ack": 0, "d": 1}], 4502),  # skips ahead
-    ([HELLO, {"t": "ack", "ack": 5}], 4502),  # ack for messages never sent
-    ([HELLO, {"t": "hello", "sid": None, "last": 0}], 4502),  # hello twice
-    ([HELLO, "x" * 70000], 1009),  # over max_message
-])
+@pytest.mark.parametrize(
+    "frames,code",
+    [
+        (["not json"], 4502),
+        ([{"t": "msg", "seq": 1, "ack": 0, "d": 1}], 4502),  # no hello first
+        ([{"t": "bogus"}], 4502),
+        ([HELLO, {"t": "launch"}], 4502),
+        ([HELLO, {"t": "msg", "seq": -1, "ack": 0, "d": 1}], 4502),
+        ([HELLO, {"t": "msg", "seq": 2**60, "ack": 0, "d": 1}], 4502),  # out of range
+        ([HELLO, {"t": "msg", "seq": 3, "ack": 0, "d": 1}], 4502),  # skips ahead
+        ([HELLO, {"t": "ack", "ack": 5}], 4502),  # ack for messages never sent
+        ([HELLO, {"t": "hello", "sid": None, "last": 0}], 4502),  # hello twice
+        ([HELLO, "x" * 70000], 1009),  # over max_message
+    ],
+)
 async def test_bad_session_input(tmp_path, frames, code):
-    async with server(tmp_path) as (url, node):
+    async with server(tmp_path) as (url, _node):
         assert await close_code_after(f"{url}?key=k", *frames) == code
         # a well-behaved client on the same key is unaffected
         async with connect(f"{url}?key=k") as ws:
@@ -89,13 +92,18 @@ async def test_missing_key_and_wrong_owner(tmp_path):
             await connect(url)
         assert exc.value.response.status_code == 400
         node.view = static_table(["n1", "n2"])
-        theirs = next(k for k in (f"k{i}" for i in range(200))
-                      if node.view.route(k).node == "n2")  # type: ignore[union-attr]
+        theirs = next(k for k in (f"k{i}" for i in range(200)) if node.view.route(k).node == "n2")  # type: ignore[union-attr]
         route = node.view.route(theirs)
         assert route is not None
         with pytest.raises(InvalidStatus) as exc:
-            await connect(f"{url}?key={theirs}", additional_headers={
-                "X-Route-Key": theirs, "X-Route-Slot": str(route.slot), "X-Route-Epoch": "0"})
+            await connect(
+                f"{url}?key={theirs}",
+                additional_headers={
+                    "X-Route-Key": theirs,
+                    "X-Route-Slot": str(route.slot),
+                    "X-Route-Epoch": "0",
+                },
+            )
         assert exc.value.response.status_code == 421
 
 

@@ -51,6 +51,7 @@ async def test_zombie_node_is_fenced(topo: Topology):
 async def test_rolling_restart_loses_nothing(topo: Topology):
     keys = [f"roll:{i}" for i in range(4)]
     async with contextlib_clients(topo, keys) as clients:
+
         async def roll() -> None:
             for name in list(topo.nodes):
                 topo.kill(name, signal.SIGTERM)
@@ -58,8 +59,9 @@ async def test_rolling_restart_loses_nothing(topo: Topology):
                 topo.start_backend(name)
                 await wait_alive(topo, name)
 
-        tasks = [stream_exact(c, 2500, 200, roll if i == 0 else _noop)
-                 for i, c in enumerate(clients)]
+        tasks = [
+            stream_exact(c, 2500, 200, roll if i == 0 else _noop) for i, c in enumerate(clients)
+        ]
         await asyncio.gather(*tasks)
         assert sum(c.stats.resumes for c in clients) >= 1
         assert all(c.stats.not_resumed == 0 for c in clients)
@@ -87,8 +89,15 @@ async def test_reconnect_storm_after_gateway_kill(topo: Topology):
     """1,500 sessions dropped at once (kill -9 of the gateway): every one is back and
     resumed, and the gateway survives the storm."""
     n = 1500
-    clients = [Client(topo.url, f"storm:{i % 300}", ping_interval=None,
-                      backoff=BackoffPolicy(base=0.2, cap=3.0)) for i in range(n)]
+    clients = [
+        Client(
+            topo.url,
+            f"storm:{i % 300}",
+            ping_interval=None,
+            backoff=BackoffPolicy(base=0.2, cap=3.0),
+        )
+        for i in range(n)
+    ]
     sem = asyncio.Semaphore(100)
 
     async def start(c: Client) -> None:
@@ -106,7 +115,8 @@ async def test_reconnect_storm_after_gateway_kill(topo: Topology):
     for c in clients:
         await c.send({"n": 2})
     replies = await asyncio.wait_for(
-        asyncio.gather(*(asyncio.gather(c.recv(), c.recv()) for c in clients)), 60)
+        asyncio.gather(*(asyncio.gather(c.recv(), c.recv()) for c in clients)), 60
+    )
     took = time.monotonic() - t0
     assert all([r["n"] for r in pair] == [1, 2] for pair in replies)
     assert sum(c.stats.resumes for c in clients) >= n * 0.99
@@ -123,9 +133,12 @@ async def test_control_plane_bad_input(topo: Topology):
     async with aiohttp.ClientSession() as s:
         before = await topo.status(s)
     async with connect(url, additional_headers={"Authorization": f"Bearer {topo.secret}"}) as ws:
-        for bad in ("not json", '{"t":"released","move":1}',  # not registered
-                    '{"t":"register","node":"x","addr":"nowhere","capacity":1}',
-                    '{"t":"register","node":"x","addr":"127.0.0.1:1","capacity":-5}'):
+        for bad in (
+            "not json",
+            '{"t":"released","move":1}',  # not registered
+            '{"t":"register","node":"x","addr":"nowhere","capacity":1}',
+            '{"t":"register","node":"x","addr":"127.0.0.1:1","capacity":-5}',
+        ):
             await ws.send(bad)
             assert orjson.loads(await ws.recv())["t"] == "error"
     async with aiohttp.ClientSession() as s:
