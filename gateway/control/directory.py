@@ -209,7 +209,8 @@ class EmbeddedDirectory:
                 count[o] += 1
         out: dict[str, list[Unit]] = {t: [] for t in targets}
         for unit in units:
-            t = min(targets, key=lambda n: (load[n], count[n]))
+            # Even slot counts first (units carry unknown load), the less loaded on ties.
+            t = min(targets, key=lambda n: (count[n], load[n]))
             count[t] += 1
             self.assign(unit, t, self.next_epoch())
             out[t].append(unit)

@@ -7,7 +7,7 @@ Rules, each a tested property:
   busiest node is above ``floor`` of its capacity (an idle fleet is never churned);
 * move the hottest movable units (single hot keys, or slots) from the most to
   the least utilized nodes, each unit fitting the target's headroom below
-  mean·(1 + tolerance), and only when the move strictly lowers the pair's peak;
+  mean·(1 + tolerance), and only when the target ends no hotter than the source;
 * anti-flapping: a cooldown per moved unit, a cap on moves and on moved load per
   round, nodes with a batch in flight are left alone;
 * a key hotter than any node's headroom is not bounced: it is reported as
@@ -180,6 +180,7 @@ def _load_moves(
     rate = {n.node: n.rate for n in loads}
     capa = {n.node: n.capacity for n in loads}
     limit = mean * (1 + cfg.tolerance)
+    relief = mean * (1 + cfg.tolerance / 2)
     budget = cfg.max_moved_share * sum(rate.values())
     moves: list[Move] = []
     isolated: list[str] = []
@@ -195,7 +196,9 @@ def _load_moves(
             and n not in sinks
             and (
                 rate[n] / capa[n] > limit
-                or (by_node[n].pressure and n not in sources and rate[n] / capa[n] > mean)
+                # A pressured node close to the mean is fleet-wide load, not a hotspot:
+                # moving its units would only pass the pressure around.
+                or (by_node[n].pressure and n not in sources and rate[n] / capa[n] > relief)
             )
         ]
         if not src_pool:
@@ -218,7 +221,9 @@ def _load_moves(
                 continue
             dst = min(dsts, key=lambda n: rate[n] / capa[n])
             after = (rate[dst] + r) / capa[dst]
-            if after <= limit and after < rate[src] / capa[src]:
+            # No overshoot: the target must end no hotter than the source. This is what
+            # makes a unit never come back under steady load.
+            if after <= limit and after <= (rate[src] - r) / capa[src]:
                 picked = Move(unit, src, dst, r)
                 break
         if picked is None:

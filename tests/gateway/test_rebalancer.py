@@ -176,3 +176,19 @@ def test_join_hands_cold_slots_to_a_new_node():
     assert p.reason == "join"
     assert all(m.dst == "n3" for m in p.moves)
     assert abs(len(p.moves) - NUM_SLOTS // 3) <= 2
+
+
+def test_fleet_wide_pressure_is_not_passed_around():
+    """Two nodes both near the pressure mark (a third died): moving units between them
+    would only move the pressure; the planner leaves them (admission handles the rest)."""
+    t = static_table(["n1", "n2"])
+    loads = []
+    for n, rate in (("n1", 880.0), ("n2", 840.0)):
+        keys = [k for k in (f"{n}-{i}" for i in range(400)) if t.route(k).node == n][:40]
+        hot = tuple((k, slot_of(k), rate / 40) for k in keys[:16])
+        slots: dict[int, float] = {}
+        for k in keys:
+            slots[slot_of(k)] = slots.get(slot_of(k), 0.0) + rate / 40
+        loads.append(NodeLoad(n, 1000.0, rate, rate > 850, slots, hot))
+    p = plan(loads, t, PlannerState(), 0.0, PlannerConfig())
+    assert p.moves == ()
