@@ -30,15 +30,18 @@ MAX_KEY_LEN = 256
 class WsWire:
     """Connects a :class:`Session` to one websockets connection."""
 
-    __slots__ = ("closing", "conn", "event")
+    __slots__ = ("closing", "conn", "deferred", "event", "lock")
 
     def __init__(self, conn: ServerConnection):
         self.conn = conn
         self.event = asyncio.Event()
+        self.lock = asyncio.Lock()  # one flush at a time keeps frames in seq order
         self.closing = False
+        self.deferred = False  # the reader is processing input and flushes right after
 
     def wake(self) -> None:
-        self.event.set()
+        if not self.deferred:
+            self.event.set()
 
     def close(self, code: int, reason: str) -> None:
         if not self.closing:
@@ -143,12 +146,22 @@ class BackendServer:
                     raise ProtocolError("unexpected envelope after hello")
                 # Back-pressure: a client that does not ack our replies gets its own
                 # input processed no faster than it takes the output.
-                while held and node.has_room(session):
-                    node.receive(session, held.popleft())
+                wire.deferred = True
+                try:
+                    while held and node.has_room(session):
+                        node.receive(session, held.popleft())
+                finally:
+                    wire.deferred = False
                 if len(held) > MAX_HELD:
                     # Beyond any sane client window: a client ignoring its own limit.
                     wire.close(CloseCode.SLOW_CONSUMER, "")
                     return
+                # Reply from this task when nobody is writing: no hop through the writer.
+                if wire.lock.locked():
+                    wire.event.set()
+                elif not wire.closing:
+                    async with wire.lock:
+                        await self._flush(conn, session)
         except ProtocolError as exc:
             log.info("session_protocol_violation", key=key, error=str(exc))
             wire.close(CloseCode.SESSION_PROTOCOL_VIOLATION, "")
@@ -168,16 +181,22 @@ class BackendServer:
                 wire.event.clear()
                 if wire.closing:
                     return
-                ack = session.inbox.last
-                frames = session.outbox.frames_after(session.written, ack)
-                if frames:
-                    session.written = session.outbox.last_seq
-                    session.ack_sent = ack
-                    for f in frames:
-                        await conn.send(f, text=True)
-                elif ack > session.ack_sent:
-                    session.ack_sent = ack
-                    await conn.send(encode(Ack(ack)), text=True)
+                async with wire.lock:
+                    await self._flush(conn, session)
+
+    @staticmethod
+    async def _flush(conn: ServerConnection, session: Session) -> None:
+        """Send the outbox beyond what this connection has seen, or a standalone ack."""
+        ack = session.inbox.last
+        frames = session.outbox.frames_after(session.written, ack)
+        if frames:
+            session.written = session.outbox.last_seq
+            session.ack_sent = ack
+            for f in frames:
+                await conn.send(f, text=True)
+        elif ack > session.ack_sent:
+            session.ack_sent = ack
+            await conn.send(encode(Ack(ack)), text=True)
 
     async def close_all(self, code: int, reason: str = "") -> None:
         await asyncio.gather(

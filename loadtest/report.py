@@ -29,6 +29,7 @@ def table(runs: dict[str, dict[str, Any]]) -> str:
         ),
         ("imbalance before hotspot", lambda r: r["imbalance_max_before"]),
         ("imbalance peak", lambda r: r["imbalance_peak"]),
+        ("imbalance mean, hotspot +10 s", lambda r: r["imbalance_during_mean"]),
         ("time to rebalance (s)", lambda r: r["time_to_rebalance_s"]),
         ("imbalance max after", lambda r: r["imbalance_max_after"]),
         ("imbalance final", lambda r: r["imbalance_final"]),

@@ -132,6 +132,14 @@ def results(d: RunData) -> dict[str, Any]:
         "imbalance_max_before": round(
             max((v for t, v in series if warmup <= t < (onset or sc.duration)), default=1.0), 3
         ),
+        # The imbalance that stays: mean over the hotspot, after 10 s to react.
+        "imbalance_during_mean": (
+            round(sum(during) / len(during), 3)
+            if onset is not None
+            and end is not None
+            and (during := [v for t, v in series if onset + 10 <= t < end])
+            else None
+        ),
         "imbalance_peak": round(max((v for _, v in series), default=1.0), 3),
         "imbalance_max_after": imb_after,
         "imbalance_final": series[-1][1] if series else None,

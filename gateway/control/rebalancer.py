@@ -44,7 +44,7 @@ class NodeLoad:
 class PlannerConfig:
     tolerance: float = 0.2
     floor: float = 0.3
-    imbalance_period_s: float = 5.0
+    imbalance_period_s: float = 3.0
     cooldown_s: float = 30.0
     max_moves: int = 8
     max_moved_share: float = 0.5  # of the fleet's load, per round
