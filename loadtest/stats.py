@@ -140,7 +140,7 @@ def results(d: RunData) -> dict[str, Any]:
             and (during := [v for t, v in series if onset + 10 <= t < end])
             else None
         ),
-        "imbalance_peak": round(max((v for _, v in series), default=1.0), 3),
+        "imbalance_peak": round(max((v for t, v in series if t >= warmup), default=1.0), 3),
         "imbalance_max_after": imb_after,
         "imbalance_final": series[-1][1] if series else None,
         "time_to_rebalance_s": ttr,

@@ -27,7 +27,7 @@ def test_network_faults(tmp_path):
             "--rate",
             "20",
             "--hold",
-            "3",
+            "5",
             "--workdir",
             str(tmp_path / "nf"),
         ],
