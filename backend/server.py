@@ -16,6 +16,7 @@ from websockets.http11 import Request, Response
 
 from backend.node import Node, NotOwner, Session
 from clientlib.protocol import Ack, CloseCode, Hello, Msg, ProtocolError, decode, encode
+from clientlib.session import due_frames
 
 log = structlog.get_logger("backend.server")
 
@@ -187,16 +188,11 @@ class BackendServer:
     @staticmethod
     async def _flush(conn: ServerConnection, session: Session) -> None:
         """Send the outbox beyond what this connection has seen, or a standalone ack."""
-        ack = session.inbox.last
-        frames = session.outbox.frames_after(session.written, ack)
-        if frames:
-            session.written = session.outbox.last_seq
-            session.ack_sent = ack
-            for f in frames:
-                await conn.send(f, text=True)
-        elif ack > session.ack_sent:
-            session.ack_sent = ack
-            await conn.send(encode(Ack(ack)), text=True)
+        frames, session.written, session.ack_sent = due_frames(
+            session.outbox, session.written, session.inbox.last, session.ack_sent
+        )
+        for f in frames:
+            await conn.send(f, text=True)
 
     async def close_all(self, code: int, reason: str = "") -> None:
         await asyncio.gather(

@@ -47,7 +47,7 @@ from clientlib.protocol import (
     decode,
     encode,
 )
-from clientlib.session import Inbox, Outbox
+from clientlib.session import Inbox, Outbox, due_frames
 
 EventKind = Literal["connected", "disconnected", "moved", "resumed", "not_resumed", "stopped"]
 
@@ -417,16 +417,11 @@ class Client:
 
     async def _writer(self, ws: ClientConnection) -> None:
         while True:
-            ack = self._inbox.last
-            frames = self._outbox.frames_after(self._written, ack)
-            if frames:
-                self._written = self._outbox.last_seq
-                self._ack_sent = ack
-                for f in frames:
-                    await ws.send(f, text=True)
-            elif ack > self._ack_sent:
-                self._ack_sent = ack
-                await ws.send(encode(Ack(ack)), text=True)
+            frames, self._written, self._ack_sent = due_frames(
+                self._outbox, self._written, self._inbox.last, self._ack_sent
+            )
+            for f in frames:
+                await ws.send(f, text=True)
             self._wake.clear()
             if (
                 self._outbox.last_seq > self._written

@@ -20,7 +20,7 @@ from typing import Any
 
 import orjson
 
-from clientlib.protocol import ProtocolError, encode_msg_raw
+from clientlib.protocol import Ack, ProtocolError, encode, encode_msg_raw
 
 
 class OutboxFull(Exception):
@@ -108,6 +108,20 @@ class Outbox:
         if box._items:
             box.acked = box._items[0].seq - 1
         return box
+
+
+def due_frames(
+    outbox: Outbox, written: int, ack: int, ack_sent: int
+) -> tuple[list[bytes], int, int]:
+    """What a connection should send next: the outbox beyond ``written`` (each frame
+    carrying ``ack``), else a standalone ack if ``ack`` advanced past ``ack_sent``.
+    Returns (frames, new written, new ack_sent)."""
+    frames = outbox.frames_after(written, ack)
+    if frames:
+        return frames, outbox.last_seq, ack
+    if ack > ack_sent:
+        return [encode(Ack(ack))], written, ack
+    return [], written, ack_sent
 
 
 class Inbox:

@@ -124,6 +124,7 @@ class Rules:
 
     def apply(self, fault: str) -> None:
         p = str(self.port)
+        nft_rule = ["nft", "add", "rule", "inet", "netfault", "input", "tcp"]
         sh("nft", "add", "table", "inet", "netfault")
         sh(
             "nft",
@@ -136,58 +137,29 @@ class Rules:
         )
         if fault == "loss":
             for d in ("dport", "sport"):
-                sh(
-                    "nft",
-                    "add",
-                    "rule",
-                    "inet",
-                    "netfault",
-                    "input",
-                    "tcp",
-                    d,
-                    p,
-                    "numgen",
-                    "random",
-                    "mod",
-                    "100",
-                    "<",
-                    "5",
-                    "drop",
-                )
+                sh(*nft_rule, d, p, *["numgen", "random", "mod", "100", "<", "5", "drop"])
         elif fault == "blackhole":
             for d in ("dport", "sport"):
-                sh("nft", "add", "rule", "inet", "netfault", "input", "tcp", d, p, "drop")
+                sh(*nft_rule, d, p, "drop")
         elif fault == "reset":
-            sh(
-                "nft",
-                "add",
-                "rule",
-                "inet",
-                "netfault",
-                "input",
-                "tcp",
-                "dport",
-                p,
-                "reject",
-                "with",
-                "tcp",
-                "reset",
-            )
+            sh(*nft_rule, "dport", p, *["reject", "with", "tcp", "reset"])
         elif fault == "tbf":
             sh(
-                "tc",
-                "qdisc",
-                "add",
-                "dev",
-                "lo",
-                "root",
-                "tbf",
-                "rate",
-                "2mbit",
-                "burst",
-                "32kbit",
-                "latency",
-                "400ms",
+                *[
+                    "tc",
+                    "qdisc",
+                    "add",
+                    "dev",
+                    "lo",
+                    "root",
+                    "tbf",
+                    "rate",
+                    "2mbit",
+                    "burst",
+                    "32kbit",
+                    "latency",
+                    "400ms",
+                ]
             )
 
     def clear(self) -> None:

@@ -2,7 +2,8 @@
 
 from __future__ import annotations
 
-from dataclasses import dataclass
+import os
+from dataclasses import dataclass, field
 from importlib import resources
 from pathlib import Path
 from typing import Any
@@ -16,7 +17,7 @@ class Scenario:
     description: str = ""
     backends: int = 3
     clients: int = 1000
-    workers: int = 2  # client processes
+    workers: int = field(default_factory=lambda: os.cpu_count() or 1)  # client processes
     duration: float = 60.0
     rate: float = 1.0  # messages/s per client, Poisson
     message_bytes: int = 64  # padding added to each message

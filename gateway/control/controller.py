@@ -15,7 +15,6 @@ new epoch (its flush may already carry it).
 from __future__ import annotations
 
 import asyncio
-import contextlib
 import dataclasses
 import hmac
 import itertools
@@ -69,6 +68,7 @@ class Controller:
         self.settle_s = settle_s
         self.settle_after_move_s = settle_after_move_s
         self.ewma_tau_s = ewma_tau_s
+        self.send_timeout_s = 2.0
         self.sessions: dict[str, web.WebSocketResponse] = {}
         self.pending: dict[int, asyncio.Future[int]] = {}
         self.in_flight: set[str] = set()
@@ -167,17 +167,24 @@ class Controller:
 
     async def push_table(self) -> None:
         data = self._table_msg()
-        for ws in list(self.sessions.values()):
-            with contextlib.suppress(ConnectionError, RuntimeError):
-                await ws.send_bytes(data)
+        await asyncio.gather(*(self._send_raw(ws, data) for ws in list(self.sessions.values())))
 
     async def _send(self, node: str, obj: dict[str, Any]) -> bool:
         ws = self.sessions.get(node)
         if ws is None or ws.closed:
             return False
+        return await self._send_raw(ws, orjson.dumps(obj))
+
+    async def _send_raw(self, ws: web.WebSocketResponse, data: bytes) -> bool:
+        """Send to one backend; one that does not take it in time is disconnected, so a
+        stuck peer never holds up the control plane (it re-registers when it recovers)."""
         try:
-            await ws.send_bytes(orjson.dumps(obj))
+            await asyncio.wait_for(ws.send_bytes(data), self.send_timeout_s)
             return True
+        except TimeoutError:
+            log.warning("control_peer_stuck", timeout_s=self.send_timeout_s)
+            asyncio.get_running_loop().create_task(ws.close())
+            return False
         except (ConnectionError, RuntimeError):
             return False
 

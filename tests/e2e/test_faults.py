@@ -145,3 +145,50 @@ async def test_control_plane_bad_input(topo: Topology):
         after = await topo.status(s)
     assert after["moves"] == before["moves"]
     assert set(after["nodes"]) == set(before["nodes"])
+
+
+async def test_move_that_times_out_is_aborted_cleanly(topo: Topology):
+    """A source that never acknowledges a release: the move is aborted after the timeout
+    and the source still owns the unit."""
+    url = f"ws://127.0.0.1:{topo.admin_port}/v1/control"
+    async with connect(url, additional_headers={"Authorization": f"Bearer {topo.secret}"}) as ws:
+        await ws.send(
+            orjson.dumps(
+                {
+                    "t": "register",
+                    "node": "mute",
+                    "addr": "127.0.0.1:9",
+                    "capacity": 1000,
+                    "keys": {},
+                }
+            )
+        )
+
+        async def keep_alive() -> None:
+            while True:
+                await ws.send(orjson.dumps({"t": "report", "load": {"rate": 0.0}}))
+                await asyncio.sleep(0.5)
+
+        pinger = asyncio.create_task(keep_alive())
+        try:
+            async with aiohttp.ClientSession() as s:
+                slot = None
+                for _ in range(50):  # the join rule hands the new node idle slots
+                    table = await topo.admin_get(s, "/v1/table?full=1")
+                    if "mute" in table["owners"]:
+                        slot = table["owners"].index("mute")
+                        break
+                    await asyncio.sleep(0.2)
+                assert slot is not None
+                async with s.post(
+                    f"{topo.admin_url}/v1/move",
+                    json={"slot": slot, "to": "node-1"},
+                    headers={"Authorization": f"Bearer {topo.admin_token}"},
+                ) as r:
+                    assert r.status == 409 and "aborted" in (await r.json())["error"]
+                table = await topo.admin_get(s, "/v1/table?full=1")
+                assert table["owners"][slot] == "mute"
+                moves = await topo.admin_get(s, "/v1/moves")
+                assert moves["moves"][-1]["outcome"] == "aborted: timeout"
+        finally:
+            pinger.cancel()

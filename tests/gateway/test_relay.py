@@ -261,3 +261,37 @@ async def test_connection_limit_answers_503():
 
 def test_close_code_constants():
     assert CloseCode.SLOW_CONSUMER == 4001
+
+
+async def test_tls_termination(tmp_path):
+    import ssl
+    import subprocess
+
+    cert, key = tmp_path / "cert.pem", tmp_path / "key.pem"
+    subprocess.run(
+        [
+            "openssl",
+            "req",
+            "-x509",
+            "-newkey",
+            "rsa:2048",
+            "-nodes",
+            "-days",
+            "1",
+            "-subj",
+            "/CN=127.0.0.1",
+            "-addext",
+            "subjectAltName=IP:127.0.0.1",
+            "-keyout",
+            str(key),
+            "-out",
+            str(cert),
+        ],
+        check=True,
+        capture_output=True,
+    )
+    ctx = ssl.create_default_context(cafile=str(cert))
+    async with plain_server() as b, gateway([b], tls_cert=str(cert), tls_key=str(key)) as gw:
+        async with connect(f"wss://127.0.0.1:{gw.port}/ws?key=t", ssl=ctx) as ws:
+            await ws.send("over tls")
+            assert await ws.recv() == "over tls"
