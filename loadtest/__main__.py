@@ -53,7 +53,7 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
     r.add_argument("--token", help="client token for the --target gateway")
     r.add_argument("--quiet", action="store_true", help="no progress line")
     b = sub.add_parser("bench", help="benchmarks that write docs/benchmarks.md")
-    b.add_argument("what", choices=["relay", "backend"])
+    b.add_argument("what", choices=["relay", "backend", "slow-reader"])
     b.add_argument("--duration", type=float, default=10.0, help="seconds per system")
     b.add_argument("--conns", type=int, default=50, help="concurrent echo connections")
     b.add_argument("--idle-conns", type=int, default=8000, help="idle connections for memory")

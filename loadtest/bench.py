@@ -93,11 +93,15 @@ async def wait_port(port: int, timeout: float = 15.0) -> None:
 # ---------------------------------------------------------------------- load generator
 
 
-def client_proc(url: str, conns: int, duration: float, session: bool, out: Any) -> None:
-    uvloop.run(_client(url, conns, duration, session, out))
+def client_proc(
+    url: str, conns: int, duration: float, session: bool, out: Any, keys: list[str] | None = None
+) -> None:
+    uvloop.run(_client(url, conns, duration, session, out, keys))
 
 
-async def _client(url: str, conns: int, duration: float, session: bool, out: Any) -> None:
+async def _client(
+    url: str, conns: int, duration: float, session: bool, out: Any, keys: list[str] | None = None
+) -> None:
     hist = HdrHistogram(1, 60_000_000, 3)
     payload = orjson.dumps({"p": "x" * 48})
     stop = time.perf_counter() + duration
@@ -107,7 +111,10 @@ async def _client(url: str, conns: int, duration: float, session: bool, out: Any
     async def one(i: int) -> None:
         nonlocal count
         async with connect(
-            f"{url}?key=k{i}", compression=None, ping_interval=None, max_size=None
+            f"{url}?key={keys[i % len(keys)] if keys else f'k{i}'}",
+            compression=None,
+            ping_interval=None,
+            max_size=None,
         ) as ws:
             seq = last = 0
             if session:
@@ -133,12 +140,17 @@ async def _client(url: str, conns: int, duration: float, session: bool, out: Any
 
 
 def drive(
-    url: str, conns: int, duration: float, session: bool, procs: int = 1
+    url: str,
+    conns: int,
+    duration: float,
+    session: bool,
+    procs: int = 1,
+    keys: list[str] | None = None,
 ) -> tuple[int, HdrHistogram]:
     ctx = multiprocessing.get_context("spawn")
     q = ctx.Queue()
     ps = [
-        ctx.Process(target=client_proc, args=(url, conns // procs, duration, session, q))
+        ctx.Process(target=client_proc, args=(url, conns // procs, duration, session, q, keys))
         for _ in range(procs)
     ]
     for p in ps:
@@ -310,13 +322,114 @@ def machine() -> str:
     )
 
 
+async def slow_readers(port: int, key: str, n: int) -> list[asyncio.StreamWriter]:
+    """Clients that upgrade to a firehose and then never read a byte."""
+    out = []
+    for _ in range(n):
+        r, w = await asyncio.open_connection("127.0.0.1", port, limit=1024)
+        ws_key = base64.b64encode(os.urandom(16)).decode()
+        w.write(
+            f"GET /ws?key={key} HTTP/1.1\r\nHost: x\r\nUpgrade: websocket\r\n"
+            f"Connection: Upgrade\r\nSec-WebSocket-Key: {ws_key}\r\n"
+            f"Sec-WebSocket-Version: 13\r\n\r\n".encode()
+        )
+        await r.readuntil(b"\r\n\r\n")
+        out.append(w)
+    return out
+
+
+def run_slow_reader(
+    args: argparse.Namespace, work: Path, procs: list[subprocess.Popen[bytes]]
+) -> list[dict[str, Any]]:
+    """Echo clients' latency through the gateway, alone and next to clients that stop
+    reading a firehose; and the gateway's memory while they are stuck."""
+    from gateway.directory import StaticDirectory
+
+    py = sys.executable
+    echo_p, hose_p, gw_p = free_port(), free_port(), free_port()
+    procs.append(
+        start([py, "-m", "loadtest.echo_server", f"127.0.0.1:{echo_p}"], work / "echo.log")
+    )
+    procs.append(
+        start(
+            [py, "-m", "loadtest.echo_server", f"127.0.0.1:{hose_p}", "--flood"], work / "hose.log"
+        )
+    )
+    echo, hose = f"127.0.0.1:{echo_p}", f"127.0.0.1:{hose_p}"
+    gw = start(
+        [
+            py,
+            "-m",
+            "gateway",
+            "--listen",
+            f"127.0.0.1:{gw_p}",
+            "--admin-listen",
+            f"127.0.0.1:{free_port()}",
+            "--static-backend",
+            echo,
+            "--static-backend",
+            hose,
+            "--log-level",
+            "warning",
+        ],
+        work / "gateway.log",
+    )
+    procs.append(gw)
+    for p in (echo_p, hose_p, gw_p):
+        asyncio.run(wait_port(p))
+    d = StaticDirectory([echo, hose])
+    names = (f"k{i}" for i in range(100_000))
+    echo_keys = [k for k in names if (r := d.route(k)) and r.node == echo][: args.conns]
+    hose_key = next(
+        k for k in (f"h{i}" for i in range(100_000)) if (r := d.route(k)) and r.node == hose
+    )
+    url = f"ws://127.0.0.1:{gw_p}/ws"
+    rows = []
+    for label, n_slow in (("gateway, no slow reader", 0), ("gateway, 5 slow readers", 5)):
+
+        async def with_slow(n: int = n_slow) -> tuple[int, HdrHistogram, int]:
+            base = rss_kib(gw.pid)
+            writers = await slow_readers(gw_p, hose_key, n)
+            await asyncio.sleep(1.0)  # their buffers fill up to the high-water mark
+            loop = asyncio.get_running_loop()
+            count, hist = await loop.run_in_executor(
+                None, lambda: drive(url, args.conns, args.duration, False, keys=echo_keys)
+            )
+            grown = rss_kib(gw.pid) - base
+            for w in writers:
+                w.close()
+            return count, hist, grown
+
+        count, hist, grown = asyncio.run(with_slow())
+        rows.append(
+            {
+                "system": label,
+                "conns": args.conns,
+                "cpu_us_per_rt": None,
+                "msgs_per_s": round(count / (args.duration - min(1.0, args.duration / 5))),
+                "p50_us": hist.get_value_at_percentile(50),
+                "p99_us": hist.get_value_at_percentile(99),
+                "p999_us": hist.get_value_at_percentile(99.9),
+                "rss_kib_per_conn": None,
+                "rss_growth_kib": grown,
+                "slow_readers": n_slow,
+            }
+        )
+        print(orjson.dumps(rows[-1]).decode(), flush=True)
+    return rows
+
+
 def run_bench(args: argparse.Namespace) -> int:
     work = Path(tempfile.mkdtemp(prefix="bench-"))
     py = sys.executable
     procs: list[subprocess.Popen[bytes]] = []
     rows: list[dict[str, Any]] = []
     try:
-        if args.what == "relay":
+        if args.what == "slow-reader":
+            rows = run_slow_reader(args, work, procs)
+            names = []
+            session = False
+        elif args.what == "relay":
             ports = [free_port(), free_port()]
             for p in ports:
                 procs.append(
@@ -387,7 +500,9 @@ def write_markdown(path: Path, args: argparse.Namespace, rows: list[dict[str, An
     cmd = f"python -m loadtest bench {args.what} --duration {args.duration:g} --conns {args.conns}"
     if args.what == "relay":
         cmd += f" --idle-conns {args.idle_conns}"
-    ref_name = "nginx" if args.what == "relay" else "bare-websockets"
+    ref_name = {"relay": "nginx", "backend": "bare-websockets"}.get(
+        args.what, "gateway, no slow reader"
+    )
     ref = next((r for r in rows if r["system"] == ref_name), None)
 
     def ratio(r: dict[str, Any], k: str) -> str:

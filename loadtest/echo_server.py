@@ -1,6 +1,8 @@
 """A bare websockets echo server (no session protocol): the benchmarks' backend.
 
-``python -m loadtest.echo_server HOST:PORT``
+``python -m loadtest.echo_server HOST:PORT [--flood]``: with ``--flood`` it does not
+echo but sends 64 KiB messages as fast as the client takes them (a firehose, to
+make slow readers).
 """
 
 from __future__ import annotations
@@ -21,14 +23,28 @@ async def echo(ws: ServerConnection) -> None:
             await ws.send(msg)
 
 
+async def flood(ws: ServerConnection) -> None:
+    chunk = b"x" * 65536
+    with contextlib.suppress(ConnectionClosed):
+        while True:
+            await ws.send(chunk)
+
+
 def main() -> None:
     host, port = sys.argv[1].rsplit(":", 1)
-    _soft, hard = resource.getrlimit(resource.RLIMIT_NOFILE)
+    handler = flood if "--flood" in sys.argv[2:] else echo
+    _, hard = resource.getrlimit(resource.RLIMIT_NOFILE)
     resource.setrlimit(resource.RLIMIT_NOFILE, (hard, hard))
 
     async def run() -> None:
         async with serve(
-            echo, host, int(port), compression=None, max_size=None, ping_interval=None, backlog=4096
+            handler,
+            host,
+            int(port),
+            compression=None,
+            max_size=None,
+            ping_interval=None,
+            backlog=4096,
         ):
             await asyncio.Future()
 
