@@ -22,6 +22,10 @@ class RouteSource(Protocol):
     def fallback(self, key: str, exclude: set[str]) -> str | None:
         """Another node to try when the owner is unreachable; None: do not fail over."""
 
+    def retry_after(self, node: str) -> int | None:
+        """Seconds until an unreachable owner's keys are likely served again (its lease
+        runs out and they are reassigned); None: answer 502, nothing will change soon."""
+
     def view(self) -> dict[str, Any]:
         """JSON view for the admin API."""
 
@@ -42,6 +46,9 @@ class StaticDirectory:
     def fallback(self, key: str, exclude: set[str]) -> str | None:
         order = fallback_routes(key, list(self.addrs), exclude)
         return order[0] if order else None
+
+    def retry_after(self, node: str) -> int | None:
+        return None
 
     def view(self) -> dict[str, Any]:
         counts: dict[str, int] = {}

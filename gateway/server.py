@@ -141,6 +141,13 @@ class Gateway:
                 self.metrics.backend_unreachable.inc()
                 tried.add(node)
                 if self.directory.fallback(up.key, tried) is None:
+                    # With a control plane the owner's lease will run out and its keys
+                    # move: tell the client when to come back instead of a bare 502.
+                    retry = self.directory.retry_after(node)
+                    if retry is not None:
+                        raise HandshakeError(
+                            503, "owner unreachable, retry", (("Retry-After", str(retry)),)
+                        ) from None
                     raise HandshakeError(502, "backend unreachable") from None
                 continue
             if client.state != CONNECTING:

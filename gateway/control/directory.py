@@ -8,6 +8,7 @@ get a grace lease to re-register.
 
 from __future__ import annotations
 
+import math
 import os
 import time
 from collections.abc import Callable
@@ -111,6 +112,11 @@ class EmbeddedDirectory:
 
     def fallback(self, key: str, exclude: set[str]) -> str | None:
         return None  # the owner is authoritative: another node would only answer 421
+
+    def retry_after(self, node: str) -> int | None:
+        n = self.nodes.get(node)
+        left = n.lease_until - self.clock() if n is not None and n.alive else 0.0
+        return max(1, math.ceil(left + 0.5))  # + half a tick for the reassignment
 
     def view(self) -> dict[str, Any]:
         counts: dict[str | None, int] = {}

@@ -144,6 +144,9 @@ class FlipDirectory:
     def fallback(self, key: str, exclude: set[str]) -> None:
         return None
 
+    def retry_after(self, node: str) -> None:
+        return None
+
     def view(self) -> dict[str, Any]:
         return {}
 
