@@ -34,6 +34,7 @@ class GatewayConfig:
     slow_consumer_s: float = 10.0  # a client whose buffer stays full this long is cut off
     idle_timeout_s: float = 300.0
     max_connections: int = 0  # 0: derived from the descriptor limit
+    max_conns_per_ip: int = 0  # 0: no per-address limit; above it: 429
     reroute_retries: int = 3
     # drain
     drain_window_s: float = 5.0
@@ -69,5 +70,7 @@ class GatewayConfig:
         ):
             if getattr(self, name) <= 0:
                 raise ConfigError(f"config: {name} must be > 0")
-        if self.max_connections < 0 or self.reroute_retries < 0:
-            raise ConfigError("config: max_connections and reroute_retries must be >= 0")
+        if self.max_connections < 0 or self.reroute_retries < 0 or self.max_conns_per_ip < 0:
+            raise ConfigError(
+                "config: max_connections, max_conns_per_ip and reroute_retries must be >= 0"
+            )

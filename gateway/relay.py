@@ -63,6 +63,7 @@ class ClientSide(asyncio.Protocol):
         "c2b",
         "close_code",
         "closed_by",
+        "counted_ip",
         "drain_pending",
         "gw",
         "idle_mark",
@@ -106,6 +107,7 @@ class ClientSide(asyncio.Protocol):
         self.drain_pending = False
         self.idle_mark = 0
         self.idle_ticks = 0
+        self.counted_ip = False
 
     # ------------------------------------------------------------------ handshake
 
@@ -122,6 +124,15 @@ class ClientSide(asyncio.Protocol):
         if len(gw.conns) > gw.max_connections:
             self.reject(HandshakeError(503, "gateway at connection limit", (("Retry-After", "5"),)))
             return
+        if gw.config.max_conns_per_ip:
+            if not gw.per_ip_admit(self.peer_ip):
+                self.reject(
+                    HandshakeError(
+                        429, "too many connections from this address", (("Retry-After", "1"),)
+                    )
+                )
+                return
+            self.counted_ip = True
         self.timer = gw.loop.call_later(gw.config.handshake_timeout_s, self.handshake_timeout)
 
     def handshake_timeout(self) -> None:

@@ -50,6 +50,7 @@ class Gateway:
         self.metrics = metrics or GatewayMetrics()
         self.loop = asyncio.get_running_loop()
         self.conns: set[ClientSide] = set()
+        self.per_ip: dict[str, int] = {}  # open connections per client address
         fds = raise_fd_limit()
         self.max_connections = config.max_connections or max((fds - FD_RESERVE) // 2, 1)
         self.auth = TokenVerifier(config.jwt_secret) if config.jwt_secret else None
@@ -180,8 +181,22 @@ class Gateway:
 
     # ------------------------------------------------------------------ lifecycle
 
+    def per_ip_admit(self, ip: str) -> bool:
+        """Count a new connection from ``ip``; False above ``max_conns_per_ip``."""
+        n = self.per_ip.get(ip, 0)
+        if n >= self.config.max_conns_per_ip:
+            return False
+        self.per_ip[ip] = n + 1
+        return True
+
     def conn_closed(self, c: ClientSide, was_relaying: bool) -> None:
         self.conns.discard(c)
+        if c.counted_ip:
+            left = self.per_ip.get(c.peer_ip, 1) - 1
+            if left > 0:
+                self.per_ip[c.peer_ip] = left
+            else:
+                self.per_ip.pop(c.peer_ip, None)
         if not was_relaying:
             return
         m = self.metrics

@@ -298,3 +298,18 @@ async def test_tls_termination(tmp_path):
         async with connect(f"wss://127.0.0.1:{gw.port}/ws?key=t", ssl=ctx) as ws:
             await ws.send("over tls")
             assert await ws.recv() == "over tls"
+
+
+async def test_per_address_limit_answers_429():
+    async with plain_server() as b, gateway([b], max_conns_per_ip=2) as gw:
+        a = await connect(url(gw))
+        b2 = await connect(url(gw))
+        with pytest.raises(InvalidStatus) as exc:
+            await connect(url(gw))
+        assert exc.value.response.status_code == 429
+        assert exc.value.response.headers["Retry-After"] == "1"
+        await a.close()
+        await asyncio.sleep(0.1)
+        c = await connect(url(gw))  # a slot freed up
+        await c.close()
+        await b2.close()
