@@ -239,6 +239,10 @@ class Node:
     def receive(self, session: Session, msg: Msg) -> None:
         """A msg envelope from a session's client. ProtocolError for a bad ack or seq."""
         session.outbox.ack(msg.ack)
+        self.process(session, msg)
+
+    def process(self, session: Session, msg: Msg) -> None:
+        """Deliver a msg whose ack was already applied (the server's hot path)."""
         ak = self.keys.get(session.key)
         if ak is None or ak.frozen:
             return  # not processed, so not acked: the client resends it to the new owner

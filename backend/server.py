@@ -140,7 +140,14 @@ class BackendServer:
                 env = decode(await conn.recv(decode=False))
                 if type(env) is Msg:
                     node.receive_ack(session, env.ack)
-                    held.append(env)
+                    if not held and node.has_room(session):  # the common case
+                        wire.deferred = True
+                        try:
+                            node.process(session, env)
+                        finally:
+                            wire.deferred = False
+                    else:
+                        held.append(env)
                 elif type(env) is Ack:
                     node.receive_ack(session, env.ack)
                 else:
@@ -150,7 +157,7 @@ class BackendServer:
                 wire.deferred = True
                 try:
                     while held and node.has_room(session):
-                        node.receive(session, held.popleft())
+                        node.process(session, held.popleft())
                 finally:
                     wire.deferred = False
                 if len(held) > MAX_HELD:

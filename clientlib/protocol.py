@@ -199,6 +199,9 @@ def encode_msg_raw(seq: int, ack: int, data_json: bytes) -> bytes:
     return b'{"t":"msg","seq":%d,"ack":%d,"d":%b}' % (seq, ack, data_json)
 
 
+_MISSING: Final = object()
+
+
 def decode(raw: bytes | str) -> Envelope:
     """Parse one envelope. Any invalid input raises :class:`ProtocolError`."""
     try:
@@ -209,9 +212,19 @@ def decode(raw: bytes | str) -> Envelope:
         raise ProtocolError("envelope is not a JSON object")
     t = obj.get("t")
     if t == "msg":
-        if "d" not in obj:
+        seq, ack, data = obj.get("seq"), obj.get("ack"), obj.get("d", _MISSING)
+        # Hot path: checks inlined; `type(x) is int` also refuses bool.
+        if (
+            type(seq) is int
+            and type(ack) is int
+            and 0 < seq <= MAX_SEQ
+            and 0 <= ack <= MAX_SEQ
+            and data is not _MISSING
+        ):
+            return Msg(seq, ack, data)
+        if data is _MISSING:
             raise ProtocolError("msg without d")
-        return Msg(_seq(obj, "seq", minimum=1), _seq(obj, "ack"), obj["d"])
+        return Msg(_seq(obj, "seq", minimum=1), _seq(obj, "ack"), data)
     if t == "ack":
         return Ack(_seq(obj, "ack"))
     if t == "hello":
