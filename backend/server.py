@@ -108,10 +108,14 @@ class BackendServer:
     async def _handle(self, conn: ServerConnection) -> None:
         key, epoch = self._routes.pop(id(conn))
         self.conns.add(conn)
-        try:
-            await self._session(conn, key, epoch)
-        finally:
-            self.conns.discard(conn)
+        # Bound once per connection: every log line of this session carries them.
+        with structlog.contextvars.bound_contextvars(
+            conn_id=conn.id.hex[:12], key=key, node=self.node.config.node_id
+        ):
+            try:
+                await self._session(conn, key, epoch)
+            finally:
+                self.conns.discard(conn)
 
     async def _session(self, conn: ServerConnection, key: str, epoch: int) -> None:
         node = self.node
@@ -171,7 +175,7 @@ class BackendServer:
                     async with wire.lock:
                         await self._flush(conn, session)
         except ProtocolError as exc:
-            log.info("session_protocol_violation", key=key, error=str(exc))
+            log.info("session_protocol_violation", error=str(exc))
             wire.close(CloseCode.SESSION_PROTOCOL_VIOLATION, "")
         except ConnectionClosed:
             pass

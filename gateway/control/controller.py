@@ -374,8 +374,15 @@ class Controller:
         if e is None or not e.alive:
             raise ValueError(f"no live node {to!r}")
         src = self.dir.owner_of(unit)
-        if src is None or src == to:
-            raise ValueError("unit has no other owner to move from")
+        if src == to:
+            # Pin (or unpin) in place: the rebalancer leaves a pinned unit alone.
+            if pin:
+                self.state.moved_at[unit] = float("inf")
+            else:
+                self.state.moved_at.pop(unit, None)
+            return self.moves_done
+        if src is None:
+            raise ValueError("unit has no owner to move from")
         if src in self.in_flight or to in self.in_flight:
             raise ValueError("a move involving these nodes is in flight")
         if pin:

@@ -192,3 +192,51 @@ async def test_move_that_times_out_is_aborted_cleanly(topo: Topology):
                 assert moves["moves"][-1]["outcome"] == "aborted: timeout"
         finally:
             pinger.cancel()
+
+
+async def test_everyone_hot_sheds_new_upgrades(tmp_path):
+    """When every node is hot, moving helps nobody: new upgrades get 503 + Retry-After,
+    existing sessions keep running, and admission reopens when load falls."""
+    t = Topology(tmp_path / "hot", backends=2, capacity=40, durability="handoff")
+    await t.start()
+    try:
+        clients = [Client(t.url, f"hot:{i}", ping_interval=None) for i in range(20)]
+        for c in clients:
+            await c.start()
+
+        async def pump(c: Client, stop: asyncio.Event) -> None:
+            n = 0
+            while not stop.is_set():
+                n += 1
+                await c.send({"n": n})
+                await c.recv()
+                await asyncio.sleep(0.1)  # 20 clients x 10 msg/s = 200 msg/s >> 2 x 40
+
+        stop = asyncio.Event()
+        pumps = [asyncio.create_task(pump(c, stop)) for c in clients]
+        async with aiohttp.ClientSession() as s:
+            for _ in range(60):
+                if (await t.status(s)).get("shedding"):
+                    break
+                await asyncio.sleep(0.25)
+            assert (await t.status(s))["shedding"]
+            with pytest.raises(InvalidStatus) as exc:
+                await connect(f"{t.url}?key=late")
+            assert exc.value.response.status_code == 503
+            assert int(exc.value.response.headers["Retry-After"]) >= 1
+            before = [c.stats.received for c in clients]
+            await asyncio.sleep(1.0)
+            assert all(c.stats.received > b for c, b in zip(clients, before, strict=True))
+            stop.set()
+            await asyncio.gather(*pumps)
+            for _ in range(60):  # load falls: admission reopens
+                if not (await t.status(s)).get("shedding"):
+                    break
+                await asyncio.sleep(0.25)
+            assert not (await t.status(s))["shedding"]
+        async with connect(f"{t.url}?key=late"):
+            pass
+        for c in clients:
+            await c.close()
+    finally:
+        await asyncio.get_running_loop().run_in_executor(None, t.stop, 10.0)
