@@ -274,7 +274,11 @@ def main(args: argparse.Namespace) -> int:
         )
         return 3
     ns = f"anchorage-nf-{os.getpid()}"
-    sh("ip", "netns", "add", ns)
+    try:
+        sh("ip", "netns", "add", ns)
+    except subprocess.CalledProcessError as exc:
+        print(f"netfault: cannot create a network namespace here: {exc.stderr!r}", file=sys.stderr)
+        return 3
     try:
         sh("ip", "netns", "exec", ns, "ip", "link", "set", "lo", "up")
         cmd = [

@@ -35,6 +35,8 @@ def test_network_faults(tmp_path):
         text=True,
         timeout=230,
     )
+    if proc.returncode == 3:
+        pytest.skip(proc.stderr.strip()[-300:])
     results = [json.loads(line) for line in proc.stdout.splitlines() if line.startswith("{")]
     assert {r["fault"] for r in results} == {"loss", "blackhole", "reset", "tbf"}, proc.stderr[
         -2000:
