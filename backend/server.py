@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import weakref
 from collections import deque
 from http import HTTPStatus
 from urllib.parse import parse_qs, urlsplit
@@ -67,7 +68,11 @@ class BackendServer:
     def __init__(self, node: Node, *, max_message: int = 1 << 20):
         self.node = node
         self.max_message = max_message
-        self._routes: dict[int, tuple[str, int]] = {}
+        # Route checked at upgrade, read by the handler; weak so a handshake that fails
+        # after process_request leaves nothing behind.
+        self._routes: weakref.WeakKeyDictionary[ServerConnection, tuple[str, int]] = (
+            weakref.WeakKeyDictionary()
+        )
         self.server: Server | None = None
         self.conns: set[ServerConnection] = set()
 
@@ -102,11 +107,11 @@ class BackendServer:
         except NotOwner as exc:
             self.node.stats["refused_not_owner"] += 1
             return conn.respond(HTTPStatus.MISDIRECTED_REQUEST, f"not the owner: {exc}\n")
-        self._routes[id(conn)] = (key, epoch_ok)
+        self._routes[conn] = (key, epoch_ok)
         return None
 
     async def _handle(self, conn: ServerConnection) -> None:
-        key, epoch = self._routes.pop(id(conn))
+        key, epoch = self._routes.pop(conn)
         self.conns.add(conn)
         # Bound once per connection: every log line of this session carries them.
         with structlog.contextvars.bound_contextvars(

@@ -141,6 +141,7 @@ class Client:
         self._closing = False
         self._task: asyncio.Task[None] | None = None
         self._ack_timer: asyncio.TimerHandle | None = None
+        self._lost_at: float | None = None  # when the last session's connection ended
 
     # ------------------------------------------------------------------ public API
 
@@ -243,12 +244,9 @@ class Client:
 
     async def _run(self) -> None:
         attempt = 0
-        lost_at: float | None = None
         try:
             while not self._closing:
                 action, hint, lived = await self._connect_once()
-                if lost_at is None:
-                    lost_at = time.monotonic()
                 if self._error is not None or action is Action.STOP:
                     break
                 attempt = 0 if lived >= self.backoff.stable_after else attempt + 1
@@ -258,7 +256,7 @@ class Client:
                 if delay is None:
                     break
                 await asyncio.sleep(delay)
-                lost_at = self._note_reconnect(lost_at)
+                self.stats.reconnects += 1
         except Exception as exc:  # a bug here must surface, not look like a clean stop
             self._error = ClientError(f"client failed: {exc!r}")
             self._error.__cause__ = exc
@@ -271,14 +269,9 @@ class Client:
             self._room.set()
             self._fail_waiters()
 
-    def _note_reconnect(self, lost_at: float | None) -> float | None:
-        self.stats.reconnects += 1
-        return lost_at
-
     async def _connect_once(self) -> tuple[Action, CloseHint, float]:
         """One connection's life; returns what to do next and how long it lived."""
         headers = {"Authorization": f"Bearer {self.token}"} if self.token else None
-        lost = time.monotonic()
         try:
             ws = await connect(
                 self.url,
@@ -296,7 +289,7 @@ class Client:
         self._ws = ws
         started = time.monotonic()
         try:
-            await self._session(ws, lost)
+            await self._session(ws)
         except ProtocolError as exc:
             self._error = ServerProtocolError(str(exc))
             await ws.close(CloseCode.SESSION_PROTOCOL_VIOLATION)
@@ -304,6 +297,8 @@ class Client:
             pass
         finally:
             self._ws = None
+            if self._up.is_set():
+                self._lost_at = time.monotonic()
             self._up.clear()
             if self._ack_timer is not None:
                 self._ack_timer.cancel()
@@ -335,16 +330,18 @@ class Client:
             return Action.STOP, CloseHint(), 0.0
         return Action.RECONNECT, CloseHint(), 0.0
 
-    async def _session(self, ws: ClientConnection, lost: float) -> None:
+    async def _session(self, ws: ClientConnection) -> None:
         await ws.send(encode(Hello(self.sid, self._inbox.last)), text=True)
         welcome = decode(await asyncio.wait_for(ws.recv(decode=False), self.connect_timeout))
         if not isinstance(welcome, Welcome):
             raise ProtocolError("expected welcome")
         self._welcome(welcome)
         self.stats.connects += 1
-        self.stats.last_resume_ms = (time.monotonic() - lost) * 1000
-        if self.stats.connects > 1:
-            self.stats.disconnected_s += time.monotonic() - lost
+        if self._lost_at is not None:  # from losing the last connection to this welcome
+            gap = time.monotonic() - self._lost_at
+            self.stats.last_resume_ms = gap * 1000
+            self.stats.disconnected_s += gap
+            self._lost_at = None
         self._up.set()
         writer = asyncio.get_running_loop().create_task(self._writer(ws))
         try:

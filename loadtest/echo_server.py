@@ -11,6 +11,7 @@ import asyncio
 import contextlib
 import resource
 import sys
+from collections.abc import Awaitable, Callable
 
 import uvloop
 from websockets.asyncio.server import ServerConnection, serve
@@ -30,9 +31,10 @@ async def flood(ws: ServerConnection) -> None:
             await ws.send(chunk)
 
 
-def main() -> None:
-    host, port = sys.argv[1].rsplit(":", 1)
-    handler = flood if "--flood" in sys.argv[2:] else echo
+def serve_forever(handler: Callable[[ServerConnection], Awaitable[None]], address: str) -> None:
+    """Run a benchmark server on uvloop: no compression, no size limit, no pings, the
+    descriptor limit raised to the hard one."""
+    host, port = address.rsplit(":", 1)
     _, hard = resource.getrlimit(resource.RLIMIT_NOFILE)
     resource.setrlimit(resource.RLIMIT_NOFILE, (hard, hard))
 
@@ -49,6 +51,10 @@ def main() -> None:
             await asyncio.Future()
 
     uvloop.run(run())
+
+
+def main() -> None:
+    serve_forever(flood if "--flood" in sys.argv[2:] else echo, sys.argv[1])
 
 
 if __name__ == "__main__":

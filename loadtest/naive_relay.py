@@ -13,10 +13,11 @@ import contextlib
 import zlib
 from urllib.parse import parse_qs, urlsplit
 
-import uvloop
 from websockets.asyncio.client import ClientConnection, connect
-from websockets.asyncio.server import ServerConnection, serve
+from websockets.asyncio.server import ServerConnection
 from websockets.exceptions import ConnectionClosed
+
+from loadtest.echo_server import serve_forever
 
 
 async def pump(
@@ -33,7 +34,6 @@ def main() -> None:
     p.add_argument("--listen", required=True)
     p.add_argument("--backend", action="append", required=True)
     args = p.parse_args()
-    host, port = args.listen.rsplit(":", 1)
     backends = list(args.backend)
 
     async def handler(ws: ServerConnection) -> None:
@@ -45,19 +45,7 @@ def main() -> None:
         ) as up:
             await asyncio.gather(pump(ws, up), pump(up, ws))
 
-    async def run() -> None:
-        async with serve(
-            handler,
-            host,
-            int(port),
-            compression=None,
-            max_size=None,
-            ping_interval=None,
-            backlog=4096,
-        ):
-            await asyncio.Future()
-
-    uvloop.run(run())
+    serve_forever(handler, args.listen)
 
 
 if __name__ == "__main__":

@@ -132,13 +132,16 @@ async def test_backend_kill9_slots_served_within_lease(topo: Topology):
     and with write-through durability the session resumes with nothing lost."""
     async with client(topo, "doc:k9") as c:
         victim = await owner_of(topo, "doc:k9")
-        killed_at: list[float] = []
+        reassigned_after: list[float] = []
 
         async def kill9() -> None:
             topo.kill(victim, signal.SIGKILL)
-            killed_at.append(time.monotonic())
+            t0 = time.monotonic()
+            while await owner_of(topo, "doc:k9") == victim:
+                await asyncio.sleep(0.05)
+            reassigned_after.append(time.monotonic() - t0)
 
         await stream_exact(c, 3000, 1000, kill9)
-        assert await owner_of(topo, "doc:k9") != victim
-        # the resume happened within lease + 1 s of the kill
-        assert c.stats.disconnected_s < 4.0 + 1.0
+        # lease 3 s + one second (+ 1 s for a loaded CI machine)
+        assert reassigned_after[0] < 3.0 + 1.0 + 1.0
+        assert c.stats.not_resumed == 0
