@@ -14,6 +14,7 @@ from websockets.asyncio.server import Server, ServerConnection, serve
 from websockets.datastructures import Headers
 from websockets.exceptions import ConnectionClosed
 from websockets.http11 import Request, Response
+from websockets.protocol import State
 
 from backend.node import Node, NotOwner, Session
 from clientlib.protocol import Ack, CloseCode, Hello, Msg, ProtocolError, decode, encode
@@ -26,6 +27,9 @@ HELLO_TIMEOUT_S = 10.0
 # never stops (acks arrive on the same stream); the client's own window of
 # unacked messages (default 1024) keeps this small.
 MAX_HELD = 4096
+# Below this many bytes buffered for a connection, replies are framed and written
+# without a drain (nothing to wait for); above it, send() applies its flow control.
+FAST_WRITE_LIMIT = 32 * 1024
 MAX_KEY_LEN = 256
 
 
@@ -207,8 +211,16 @@ class BackendServer:
         frames, session.written, session.ack_sent = due_frames(
             session.outbox, session.written, session.inbox.last, session.ack_sent
         )
+        proto, transport = conn.protocol, conn.transport
         for f in frames:
-            await conn.send(f, text=True)
+            if proto.state is State.OPEN and transport.get_write_buffer_size() < FAST_WRITE_LIMIT:
+                # Through websockets' sans-I/O layer straight to the socket: the same
+                # framing as send(), without its per-call flow-control machinery.
+                proto.send_text(f)
+                for data in proto.data_to_send():
+                    transport.write(data)
+            else:
+                await conn.send(f, text=True)
 
     async def close_all(self, code: int, reason: str = "") -> None:
         await asyncio.gather(
