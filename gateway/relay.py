@@ -57,7 +57,6 @@ class ClientSide(asyncio.Protocol):
     """The client hop; owns the link's lifecycle."""
 
     __slots__ = (
-        "answer_conn",
         "b2c",
         "backend",
         "c2b",
@@ -102,7 +101,6 @@ class ClientSide(asyncio.Protocol):
         self.paused_since: float | None = None
         self.closed_by = ""
         self.close_code: int | None = None
-        self.answer_conn: h11.Connection | None = None
         self.pending = b""
         self.drain_pending = False
         self.idle_mark = 0

@@ -10,7 +10,7 @@ import sqlite3
 import sys
 import time
 from collections.abc import Sequence
-from dataclasses import asdict, dataclass, field
+from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
@@ -284,7 +284,3 @@ class Runner:
             d.progress.append({k: v for k, v in rec.items() if k != "clients"})
         if not self.quiet and sys.stderr.isatty():
             print(file=sys.stderr)
-
-
-def scenario_json(sc: Scenario) -> dict[str, Any]:
-    return asdict(sc)
