@@ -11,6 +11,7 @@ from __future__ import annotations
 
 import sqlite3
 import threading
+import time
 from pathlib import Path
 from typing import Protocol
 
@@ -51,12 +52,27 @@ class SQLiteStore:
             self.path, timeout=5.0, isolation_level=None, check_same_thread=False
         )
         self._lock = threading.Lock()
-        self._db.execute("PRAGMA journal_mode=WAL")
-        self._db.execute("PRAGMA synchronous=NORMAL")
-        self._db.execute(
-            "CREATE TABLE IF NOT EXISTS keystate ("
-            " key TEXT PRIMARY KEY, epoch INTEGER NOT NULL, blob BLOB NOT NULL)"
-        )
+        self._setup()
+
+    def _setup(self, attempts: int = 60) -> None:
+        """Switch to WAL and create the table. Several processes starting on a new file
+        race for the lock this needs, and SQLite answers some of them "locked" at once
+        instead of waiting: retry briefly (at start only)."""
+        for attempt in range(attempts):
+            try:
+                self._db.execute("PRAGMA journal_mode=WAL")
+                self._db.execute("PRAGMA synchronous=NORMAL")
+                self._db.execute(
+                    "CREATE TABLE IF NOT EXISTS keystate ("
+                    " key TEXT PRIMARY KEY, epoch INTEGER NOT NULL, blob BLOB NOT NULL)"
+                )
+                return
+            except sqlite3.OperationalError as exc:
+                if "locked" not in str(exc) and "busy" not in str(exc):
+                    raise
+                if attempt == attempts - 1:
+                    raise
+                time.sleep(min(0.01 * (attempt + 1), 0.2))
 
     def load(self, key: str) -> tuple[int, bytes] | None:
         with self._lock:

@@ -1,3 +1,5 @@
+from typing import Any
+
 import pytest
 
 from backend.store import SQLiteStore, StaleEpoch
@@ -27,3 +29,28 @@ def test_shared_between_processes_wal(tmp_path):
     assert a._db.execute("PRAGMA journal_mode").fetchone()[0] == "wal"
     a.close()
     b.close()
+
+
+def test_many_processes_open_a_new_store_at_once(tmp_path):
+    """Backends started together on a fresh file: none fails with "database is locked"."""
+    import multiprocessing
+
+    ctx = multiprocessing.get_context("spawn")
+    path = str(tmp_path / "fresh.db")
+    start = ctx.Barrier(6)
+    procs = [ctx.Process(target=_open_and_write, args=(path, i, start)) for i in range(6)]
+    for p in procs:
+        p.start()
+    for p in procs:
+        p.join(30)
+    assert [p.exitcode for p in procs] == [0] * 6
+    s = SQLiteStore(path)
+    assert all(s.load(f"k{i}") == (1, b"x") for i in range(6))
+    s.close()
+
+
+def _open_and_write(path: str, i: int, start: Any) -> None:
+    start.wait(20)  # all at the same moment, as backends started together
+    s = SQLiteStore(path)
+    s.save(f"k{i}", 1, b"x")
+    s.close()
