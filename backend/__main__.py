@@ -15,14 +15,14 @@ import uvloop
 
 from backend.apps import APPS
 from backend.config import BackendConfig
-from backend.control import ControlClient, LoopProbe
+from backend.control_client import ControlClient, LoopProbe
 from backend.load import LoadMeter
 from backend.node import Node, NodeConfig
 from backend.server import BackendServer
 from backend.store import SQLiteStore
-from clientlib.config import ConfigError, build_config, parse_hostport
-from clientlib.logsetup import configure_logging
-from clientlib.protocol import CloseCode, CloseHint
+from clientlib.kernel.logsetup import configure_logging
+from clientlib.kernel.session_protocol import CloseCode, CloseHint
+from clientlib.kernel.settings import ConfigError, build_config, parse_hostport
 
 log = structlog.get_logger("backend")
 

@@ -5,7 +5,7 @@ from __future__ import annotations
 from dataclasses import dataclass
 
 from backend.node import DURABILITY_MODES
-from clientlib.config import ConfigError, parse_hostport
+from clientlib.kernel.settings import ConfigError, parse_hostport
 
 
 @dataclass(frozen=True, kw_only=True)

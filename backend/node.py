@@ -20,9 +20,16 @@ import structlog
 from backend.app import App, KeyContext, SessionHandle
 from backend.load import LoadMeter
 from backend.store import StaleEpoch, StateStore
-from clientlib.protocol import CloseCode, CloseHint, Hello, Msg, ProtocolError, Welcome
-from clientlib.session import Inbox, Outbox, OutboxFull
-from gateway.routing import SlotTable, slot_of
+from clientlib.kernel.replay import Inbox, Outbox, OutboxFull
+from clientlib.kernel.routing import SlotTable, slot_of
+from clientlib.kernel.session_protocol import (
+    CloseCode,
+    CloseHint,
+    Hello,
+    Msg,
+    ProtocolError,
+    Welcome,
+)
 
 log = structlog.get_logger("backend.node")
 

@@ -17,8 +17,16 @@ from websockets.http11 import Request, Response
 from websockets.protocol import State
 
 from backend.node import Node, NotOwner, Session
-from clientlib.protocol import Ack, CloseCode, Hello, Msg, ProtocolError, decode, encode
-from clientlib.session import due_frames
+from clientlib.kernel.replay import due_frames
+from clientlib.kernel.session_protocol import (
+    Ack,
+    CloseCode,
+    Hello,
+    Msg,
+    ProtocolError,
+    decode,
+    encode,
+)
 
 log = structlog.get_logger("backend.server")
 

@@ -10,13 +10,13 @@ import sys
 import structlog
 import uvloop
 
-from clientlib.config import ConfigError, build_config, parse_hostport
-from clientlib.logsetup import configure_logging
+from clientlib.kernel.logsetup import configure_logging
+from clientlib.kernel.settings import ConfigError, build_config, parse_hostport
 from gateway.admin import AdminAPI
 from gateway.config import GatewayConfig
-from gateway.control.controller import Controller
-from gateway.control.directory import EmbeddedDirectory
-from gateway.directory import RouteSource, StaticDirectory
+from gateway.controlplane.controller import Controller
+from gateway.controlplane.directory import EmbeddedDirectory
+from gateway.route_source import RouteSource, StaticDirectory
 from gateway.server import Gateway
 
 log = structlog.get_logger("gateway")

@@ -19,7 +19,7 @@ from prometheus_client import CONTENT_TYPE_LATEST, generate_latest
 from gateway.relay import RELAY
 
 if TYPE_CHECKING:
-    from gateway.control.controller import Controller
+    from gateway.controlplane.controller import Controller
     from gateway.server import Gateway
 
 Handler = Callable[[web.Request], Awaitable[web.StreamResponse]]

@@ -4,7 +4,7 @@ from __future__ import annotations
 
 from dataclasses import dataclass, field
 
-from clientlib.config import ConfigError, parse_hostport
+from clientlib.kernel.settings import ConfigError, parse_hostport
 
 
 @dataclass(frozen=True, kw_only=True)

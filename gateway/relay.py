@@ -18,7 +18,7 @@ import socket
 import time
 from typing import TYPE_CHECKING, cast
 
-from clientlib.protocol import CloseCode, CloseHint
+from clientlib.kernel.session_protocol import CloseCode, CloseHint
 from gateway.frames import FrameTracker, close_frame
 from gateway.handshake import (
     HandshakeError,

@@ -13,14 +13,14 @@ from functools import partial
 
 import structlog
 
-from clientlib.config import parse_hostport
-from clientlib.protocol import CloseCode, CloseHint
+from clientlib.kernel.session_protocol import CloseCode, CloseHint
+from clientlib.kernel.settings import parse_hostport
 from gateway.auth import TokenVerifier
 from gateway.config import GatewayConfig
-from gateway.directory import RouteSource
 from gateway.handshake import HandshakeError, Upgrade, forward_request
 from gateway.metrics import GatewayMetrics
 from gateway.relay import CONNECTING, RELAY, BackendSide, ClientSide
+from gateway.route_source import RouteSource
 
 log = structlog.get_logger("gateway")
 

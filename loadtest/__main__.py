@@ -9,7 +9,7 @@ import time
 from pathlib import Path
 from typing import Any
 
-from clientlib.config import ConfigError
+from clientlib.kernel.settings import ConfigError
 from loadtest.scenario import builtin_names, load_scenario
 
 

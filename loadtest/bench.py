@@ -343,7 +343,7 @@ def run_slow_reader(
 ) -> list[dict[str, Any]]:
     """Echo clients' latency through the gateway, alone and next to clients that stop
     reading a firehose; and the gateway's memory while they are stuck."""
-    from gateway.directory import StaticDirectory
+    from gateway.route_source import StaticDirectory
 
     py = sys.executable
     echo_p, hose_p, gw_p = free_port(), free_port(), free_port()

@@ -29,7 +29,7 @@ import aiohttp
 import orjson
 
 from clientlib import Client, ClientError
-from clientlib.backoff import BackoffPolicy
+from clientlib.kernel.backoff import BackoffPolicy
 from loadtest.topology import Topology
 
 FAULTS = ("loss", "blackhole", "reset", "tbf")

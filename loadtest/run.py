@@ -17,7 +17,7 @@ from typing import Any
 import aiohttp
 import orjson
 
-from gateway.routing import slot_of
+from clientlib.kernel.routing import slot_of
 from loadtest.model import ClientSpec, Hotspot, build_clients, capacity_for
 from loadtest.scenario import Scenario
 from loadtest.stats import summarize

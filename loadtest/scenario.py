@@ -8,7 +8,7 @@ from importlib import resources
 from pathlib import Path
 from typing import Any
 
-from clientlib.config import ConfigError, build_config
+from clientlib.kernel.settings import ConfigError, build_config
 
 
 @dataclass(frozen=True, kw_only=True)

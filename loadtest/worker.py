@@ -20,7 +20,7 @@ import uvloop
 from hdrh.histogram import HdrHistogram
 
 from clientlib import Client, ClientError
-from clientlib.backoff import BackoffPolicy
+from clientlib.kernel.backoff import BackoffPolicy
 from loadtest.model import ClientSpec, Hotspot, next_send
 
 HIST_MAX_US = 120_000_000

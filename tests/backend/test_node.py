@@ -2,8 +2,15 @@ import orjson
 import pytest
 
 from backend.node import NotOwner
-from clientlib.protocol import CloseCode, CloseHint, Hello, Msg, ProtocolError, decode
-from gateway.routing import static_table
+from clientlib.kernel.routing import static_table
+from clientlib.kernel.session_protocol import (
+    CloseCode,
+    CloseHint,
+    Hello,
+    Msg,
+    ProtocolError,
+    decode,
+)
 from tests.backend.conftest import FakeWire, make_node
 
 

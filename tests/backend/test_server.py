@@ -16,7 +16,7 @@ from backend.load import LoadMeter
 from backend.node import Node, NodeConfig
 from backend.server import BackendServer
 from backend.store import SQLiteStore
-from gateway.routing import static_table
+from clientlib.kernel.routing import static_table
 
 pytestmark = pytest.mark.timeout(20)
 

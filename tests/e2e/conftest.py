@@ -37,7 +37,7 @@ async def admin_post(t: Topology, path: str, body: dict[str, Any]) -> dict[str, 
 
 
 async def owner_of(t: Topology, key: str) -> str:
-    from gateway.routing import SlotTable
+    from clientlib.kernel.routing import SlotTable
 
     async with aiohttp.ClientSession() as s:
         table = SlotTable.from_json(await t.admin_get(s, "/v1/table?full=1"))

@@ -14,7 +14,7 @@ from websockets.asyncio.client import connect
 from websockets.exceptions import InvalidStatus
 
 from clientlib import Client
-from clientlib.backoff import BackoffPolicy
+from clientlib.kernel.backoff import BackoffPolicy
 from loadtest.topology import Topology
 from tests.e2e.conftest import client, owner_of, stream_exact
 

@@ -13,11 +13,11 @@ from websockets.asyncio.server import ServerConnection, serve
 from websockets.exceptions import ConnectionClosed, InvalidStatus
 
 from clientlib import Client, Unauthorized
-from clientlib.protocol import CloseCode, CloseHint
+from clientlib.kernel.routing import Route
+from clientlib.kernel.session_protocol import CloseCode, CloseHint
 from gateway.auth import make_token
 from gateway.config import GatewayConfig
-from gateway.directory import StaticDirectory
-from gateway.routing import Route
+from gateway.route_source import StaticDirectory
 from gateway.server import Gateway
 
 pytestmark = pytest.mark.timeout(30)

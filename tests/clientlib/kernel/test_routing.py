@@ -1,7 +1,7 @@
 from hypothesis import given
 from hypothesis import strategies as st
 
-from gateway.routing import NUM_SLOTS, SlotTable, slot_of, static_table
+from clientlib.kernel.routing import NUM_SLOTS, SlotTable, slot_of, static_table
 
 
 def test_slot_is_crc32_mod_4096():

@@ -12,7 +12,7 @@ import threading
 from collections.abc import Coroutine
 from typing import Any, TypeVar
 
-from clientlib.client import Client, ClientStats
+from clientlib.client.client import Client, ClientStats
 
 T = TypeVar("T")
 

@@ -4,7 +4,7 @@ from __future__ import annotations
 
 from dataclasses import dataclass
 
-from clientlib.protocol import Action, CloseHint
+from clientlib.kernel.session_protocol import Action, CloseHint
 
 
 @dataclass(frozen=True, slots=True)

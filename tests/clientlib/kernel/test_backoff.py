@@ -2,8 +2,8 @@ import pytest
 from hypothesis import given
 from hypothesis import strategies as st
 
-from clientlib.backoff import BackoffPolicy, reconnect_delay
-from clientlib.protocol import Action, CloseHint
+from clientlib.kernel.backoff import BackoffPolicy, reconnect_delay
+from clientlib.kernel.session_protocol import Action, CloseHint
 
 rand = st.floats(0, 1, exclude_max=True)
 

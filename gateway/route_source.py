@@ -10,8 +10,8 @@ from __future__ import annotations
 
 from typing import Any, Protocol
 
-from clientlib.config import parse_hostport
-from gateway.routing import Route, SlotTable, fallback_routes, static_table
+from clientlib.kernel.routing import Route, SlotTable, fallback_routes, static_table
+from clientlib.kernel.settings import parse_hostport
 
 
 class RouteSource(Protocol):

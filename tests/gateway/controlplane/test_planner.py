@@ -3,7 +3,8 @@
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
-from gateway.control.rebalancer import (
+from clientlib.kernel.routing import NUM_SLOTS, SlotTable, slot_of, static_table
+from gateway.controlplane.planner import (
     Move,
     NodeLoad,
     PlannerConfig,
@@ -11,7 +12,6 @@ from gateway.control.rebalancer import (
     imbalance,
     plan,
 )
-from gateway.routing import NUM_SLOTS, SlotTable, slot_of, static_table
 
 NODES = ["n1", "n2", "n3"]
 

@@ -14,11 +14,11 @@ from websockets.asyncio.client import ClientConnection, connect
 from websockets.exceptions import ConnectionClosed, InvalidHandshake, InvalidStatus
 
 from backend.node import Node
-from clientlib.backoff import BackoffPolicy, reconnect_delay
-from clientlib.protocol import Action, CloseHint
-from gateway.routing import SlotTable
+from clientlib.kernel.backoff import BackoffPolicy, reconnect_delay
+from clientlib.kernel.routing import SlotTable
+from clientlib.kernel.session_protocol import Action, CloseHint
 
-log = structlog.get_logger("backend.control")
+log = structlog.get_logger("backend.control_client")
 
 
 def units_of(raw: Any) -> list[tuple[str, int | str]]:

@@ -23,8 +23,7 @@ import orjson
 from websockets.asyncio.client import ClientConnection, connect
 from websockets.exceptions import ConnectionClosed, InvalidHandshake, InvalidStatus, InvalidURI
 
-from clientlib.backoff import BackoffPolicy, reconnect_delay
-from clientlib.errors import (
+from clientlib.client.errors import (
     ClientClosed,
     ClientError,
     HandshakeRefused,
@@ -34,7 +33,9 @@ from clientlib.errors import (
     TerminalClose,
     Unauthorized,
 )
-from clientlib.protocol import (
+from clientlib.kernel.backoff import BackoffPolicy, reconnect_delay
+from clientlib.kernel.replay import Inbox, Outbox, due_frames
+from clientlib.kernel.session_protocol import (
     Ack,
     Action,
     CloseCode,
@@ -47,7 +48,6 @@ from clientlib.protocol import (
     decode,
     encode,
 )
-from clientlib.session import Inbox, Outbox, due_frames
 
 EventKind = Literal["connected", "disconnected", "moved", "resumed", "not_resumed", "stopped"]
 

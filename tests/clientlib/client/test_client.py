@@ -26,8 +26,8 @@ from clientlib import (
     TerminalClose,
     Unauthorized,
 )
-from clientlib.backoff import BackoffPolicy
-from clientlib.protocol import CloseCode, CloseHint
+from clientlib.kernel.backoff import BackoffPolicy
+from clientlib.kernel.session_protocol import CloseCode, CloseHint
 
 pytestmark = pytest.mark.timeout(30)
 

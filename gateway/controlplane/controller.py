@@ -27,8 +27,8 @@ import orjson
 import structlog
 from aiohttp import WSMsgType, web
 
-from gateway.control.directory import EmbeddedDirectory
-from gateway.control.rebalancer import (
+from gateway.controlplane.directory import EmbeddedDirectory
+from gateway.controlplane.planner import (
     Move,
     NodeLoad,
     PlannerConfig,

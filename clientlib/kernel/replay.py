@@ -20,7 +20,7 @@ from typing import Any
 
 import orjson
 
-from clientlib.protocol import Ack, ProtocolError, encode, encode_msg_raw
+from clientlib.kernel.session_protocol import Ack, ProtocolError, encode, encode_msg_raw
 
 
 class OutboxFull(Exception):

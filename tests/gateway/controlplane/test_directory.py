@@ -1,5 +1,5 @@
-from gateway.control.directory import EmbeddedDirectory
-from gateway.routing import NUM_SLOTS
+from clientlib.kernel.routing import NUM_SLOTS
+from gateway.controlplane.directory import EmbeddedDirectory
 
 
 class Clock:

@@ -2,8 +2,8 @@ import pytest
 from hypothesis import given
 from hypothesis import strategies as st
 
-from clientlib.protocol import Msg, ProtocolError, decode
-from clientlib.session import Inbox, Outbox, OutboxFull
+from clientlib.kernel.replay import Inbox, Outbox, OutboxFull
+from clientlib.kernel.session_protocol import Msg, ProtocolError, decode
 
 
 def test_outbox_numbers_and_releases():

@@ -1,6 +1,6 @@
 """The embedded directory: membership, leases, the slot table, the latest loads.
 
-It implements the data plane's :class:`~gateway.directory.RouteSource`, and
+It implements the data plane's :class:`~gateway.route_source.RouteSource`, and
 keeps the table on disk (atomically replaced on each change) so a gateway
 restart moves nothing: nodes known before the restart keep their slots and
 get a grace lease to re-register.
@@ -19,10 +19,10 @@ from typing import Any
 import orjson
 import structlog
 
-from gateway.control.rebalancer import NodeLoad, Unit
-from gateway.routing import NUM_SLOTS, Route, SlotTable
+from clientlib.kernel.routing import NUM_SLOTS, Route, SlotTable
+from gateway.controlplane.planner import NodeLoad, Unit
 
-log = structlog.get_logger("gateway.directory")
+log = structlog.get_logger("gateway.route_source")
 
 
 @dataclass(slots=True)

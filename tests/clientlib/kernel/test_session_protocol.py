@@ -7,7 +7,7 @@ import pytest
 from hypothesis import given
 from hypothesis import strategies as st
 
-from clientlib.protocol import (
+from clientlib.kernel.session_protocol import (
     CLOSE_ACTIONS,
     MAX_SEQ,
     Ack,
@@ -24,7 +24,7 @@ from clientlib.protocol import (
     encode_msg_raw,
 )
 
-DOC = Path(__file__).parents[2] / "docs" / "protocol.md"
+DOC = Path(__file__).parents[3] / "docs" / "protocol.md"
 
 json_values = st.recursive(
     st.none() | st.booleans() | st.integers(-(2**53), 2**53) | st.text(max_size=20),

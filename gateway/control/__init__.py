@@ -1,1 +1,0 @@
-"""The embedded control plane: directory, rebalancer and move orchestration."""

@@ -1,0 +1,1 @@
+"""The embedded control plane: directory, planner, move orchestration, control endpoint."""
