@@ -6,31 +6,21 @@ import asyncio
 import contextlib
 import random
 import time
-from typing import Any
+from typing import assert_never
 
-import orjson
 import structlog
 from websockets.asyncio.client import ClientConnection, connect
 from websockets.exceptions import ConnectionClosed, InvalidHandshake, InvalidStatus
 
 from backend.node import Node
+from clientlib.kernel import control_protocol as cp
 from clientlib.kernel.backoff import BackoffPolicy, reconnect_delay
-from clientlib.kernel.routing import SlotTable
-from clientlib.kernel.session_protocol import Action, CloseHint
+from clientlib.kernel.session_protocol import Action, CloseHint, ProtocolError
+from clientlib.kernel.settings import parse_hostport
+
+__all__ = ["ControlClient", "LoopProbe"]
 
 log = structlog.get_logger("backend.control_client")
-
-
-def units_of(raw: Any) -> list[tuple[str, int | str]]:
-    out: list[tuple[str, int | str]] = []
-    for kind, u in raw:
-        if kind == "slot":
-            out.append(("slot", int(u)))
-        elif kind == "key":
-            out.append(("key", str(u)))
-        else:
-            raise ValueError(f"unknown unit kind {kind!r}")
-    return out
 
 
 class ControlClient:
@@ -47,7 +37,7 @@ class ControlClient:
         self.node = node
         self.url = url
         self.secret = secret
-        self.advertise = advertise
+        self.advertise = parse_hostport(advertise, "advertise")
         self.report_interval = report_interval
         self.probe = loop_probe or LoopProbe()
         self.ws: ClientConnection | None = None
@@ -93,49 +83,57 @@ class ControlClient:
     async def _session(self, ws: ClientConnection) -> None:
         node = self.node
         await ws.send(
-            orjson.dumps(
-                {
-                    "t": "register",
-                    "node": node.config.node_id,
-                    "addr": self.advertise,
-                    "capacity": node.meter.capacity,
-                    "keys": node.owned_units(),
-                }
+            cp.encode(
+                cp.Register(
+                    node.config.node_id,
+                    self.advertise,
+                    node.meter.capacity,
+                    node.owned_units(),
+                )
             )
         )
         reporter = asyncio.get_running_loop().create_task(self._report(ws))
         try:
             async for raw in ws:
-                self._handle(ws, orjson.loads(raw))
+                try:
+                    msg = cp.decode(raw)
+                except ProtocolError as exc:
+                    # Refused at the door: a bad order changes nothing here.
+                    log.error("control_message_refused", error=str(exc))
+                    continue
+                self._handle(ws, msg)
         finally:
             reporter.cancel()
             with contextlib.suppress(asyncio.CancelledError):
                 await reporter
 
-    def _handle(self, ws: ClientConnection, m: dict[str, Any]) -> None:
+    def _handle(self, ws: ClientConnection, msg: cp.ControlMessage) -> None:
         node = self.node
-        t = m.get("t")
-        if t == "table":
-            node.view = SlotTable.from_json(m["table"])
-            self.registered.set()
-        elif t == "release":
-            units = units_of(m["units"])
-            flushed = node.release(units, int(m["epoch"]))
-            log.info("release", move=m["move"], units=len(units), first=units[:4], flushed=flushed)
-            self._send(ws, {"t": "released", "move": m["move"], "flushed": flushed})
-        elif t == "commit":
-            closed = node.commit_release(units_of(m["units"]))
-            log.info("release_committed", move=m["move"], sessions_closed=closed)
-        elif t == "abort":
-            node.abort_release(units_of(m["units"]))
-            log.info("release_aborted", move=m["move"])
-        elif t == "left":
-            self._left.set()
-        elif t == "error":
-            log.error("control_error", error=m.get("error"))
+        match msg:
+            case cp.TableUpdate(table):
+                node.view = table
+                self.registered.set()
+            case cp.Release(move, units, epoch):
+                flushed = node.release(list(units), epoch)
+                log.info("release", move=move, units=len(units), first=units[:4], flushed=flushed)
+                self._send(ws, cp.Released(move, flushed))
+            case cp.Commit(move, units):
+                closed = node.commit_release(list(units))
+                log.info("release_committed", move=move, sessions_closed=closed)
+            case cp.Abort(move, units):
+                node.abort_release(list(units))
+                log.info("release_aborted", move=move)
+            case cp.Left():
+                self._left.set()
+            case cp.ControlError(error):
+                log.error("control_error", error=error)
+            case cp.Register() | cp.Report() | cp.Released() | cp.Leave():
+                log.error("control_message_refused", error=f"{type(msg).__name__} is for the plane")
+            case _:
+                assert_never(msg)
 
-    def _send(self, ws: ClientConnection, obj: dict[str, Any]) -> None:
-        asyncio.get_running_loop().create_task(self._send_quiet(ws, orjson.dumps(obj)))
+    def _send(self, ws: ClientConnection, msg: cp.ControlMessage) -> None:
+        asyncio.get_running_loop().create_task(self._send_quiet(ws, cp.encode(msg)))
 
     @staticmethod
     async def _send_quiet(ws: ClientConnection, data: bytes) -> None:
@@ -148,7 +146,7 @@ class ControlClient:
             rep = self.node.meter.report(
                 time.monotonic(), sessions=self.node.session_count, loop_lag_ms=lag, busy=busy
             )
-            await ws.send(orjson.dumps({"t": "report", "load": rep.to_json()}))
+            await ws.send(cp.encode(cp.Report(rep)))
             await asyncio.sleep(self.report_interval)
 
     async def leave(self, timeout: float = 5.0) -> bool:
@@ -158,7 +156,7 @@ class ControlClient:
         if ws is None:
             return False
         with contextlib.suppress(ConnectionClosed):
-            await ws.send(orjson.dumps({"t": "leave", "node": self.node.config.node_id}))
+            await ws.send(cp.encode(cp.Leave(self.node.config.node_id)))
         try:
             await asyncio.wait_for(self._left.wait(), timeout)
             return True

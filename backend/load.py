@@ -12,35 +12,7 @@ import math
 from dataclasses import dataclass, field
 from typing import Any
 
-
-@dataclass(frozen=True, slots=True)
-class LoadReport:
-    rate: float  # smoothed messages/s on this node
-    capacity: float
-    score: float  # rate / capacity
-    pressure: bool
-    sessions: int
-    keys: int
-    slots: dict[int, float]  # slot → smoothed messages/s
-    hot_keys: list[tuple[str, int, float]]  # (key, slot, messages/s), hottest first
-    handler_us: float  # mean handler time per message
-    loop_lag_ms: float = 0.0
-    busy: float = 0.0
-
-    def to_json(self) -> dict[str, Any]:
-        return {
-            "rate": round(self.rate, 2),
-            "capacity": self.capacity,
-            "score": round(self.score, 4),
-            "pressure": self.pressure,
-            "sessions": self.sessions,
-            "keys": self.keys,
-            "slots": {str(s): round(r, 2) for s, r in self.slots.items()},
-            "hot_keys": [[k, s, round(r, 2)] for k, s, r in self.hot_keys],
-            "handler_us": round(self.handler_us, 1),
-            "loop_lag_ms": round(self.loop_lag_ms, 2),
-            "busy": round(self.busy, 3),
-        }
+from clientlib.kernel.control_protocol import LoadReport
 
 
 @dataclass(slots=True)
@@ -123,7 +95,7 @@ class LoadMeter:
             sessions=sessions,
             keys=len(rates),
             slots=slots,
-            hot_keys=hot,
+            hot_keys=tuple(hot),
             handler_us=self._handler * 1e6,
             loop_lag_ms=loop_lag_ms,
             busy=busy,

@@ -72,7 +72,8 @@ async def serve(cfg: GatewayConfig) -> None:
     controller = None
     if edir is not None:
         assert cfg.control_secret is not None
-        controller = Controller(gw, edir, cfg.control_secret, rebalance=cfg.rebalance)
+        controller = Controller(edir, cfg.control_secret, gw.metrics, rebalance=cfg.rebalance)
+        gw.admission = controller.admission
         controller.start()
     admin = AdminAPI(gw, controller)
     ahost, aport = parse_hostport(cfg.admin_listen, "admin_listen")

@@ -55,7 +55,7 @@ class AdminAPI:
         r.add_get("/v1/status", self.status)
         r.add_post("/v1/drain", self.drain)
         if controller is not None:
-            r.add_get("/v1/control", controller.control_endpoint)
+            r.add_get("/v1/control", controller.endpoint.handle)
             r.add_get("/v1/moves", self.moves)
             r.add_post("/v1/rebalancer/{action:pause|resume}", self.rebalancer)
             r.add_post("/v1/move", self.move)
@@ -152,7 +152,7 @@ class AdminAPI:
 
     async def moves(self, request: web.Request) -> web.Response:
         assert self.controller is not None
-        return _json({"moves": list(self.controller.history)})
+        return _json({"moves": self.controller.history.to_json()})
 
     # ------------------------------------------------------------------ writes
 

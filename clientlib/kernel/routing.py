@@ -15,7 +15,24 @@ from collections.abc import Iterable, Sequence
 from dataclasses import dataclass, field
 from typing import Any
 
+__all__ = [
+    "MAX_KEY_LEN",
+    "NUM_SLOTS",
+    "Route",
+    "SlotTable",
+    "Unit",
+    "fallback_routes",
+    "rendezvous_owner",
+    "slot_of",
+    "static_table",
+]
+
 NUM_SLOTS = 4096
+#: Routing keys are printable strings of 1..256 characters (any script: crc32 of UTF-8).
+MAX_KEY_LEN = 256
+
+#: What moves between nodes: a whole slot, or one key with its own assignment.
+Unit = tuple[str, int | str]  # ("slot", 17) or ("key", "room:42")
 
 
 def slot_of(key: str, num_slots: int = NUM_SLOTS) -> int:
@@ -78,13 +95,36 @@ class SlotTable:
         }
 
     @classmethod
-    def from_json(cls, obj: dict[str, Any]) -> SlotTable:
-        owners = list(obj["owners"])
-        epochs = [int(e) for e in obj["epochs"]]
-        if len(owners) != len(epochs) or not owners:
+    def from_json(cls, obj: Any) -> SlotTable:
+        """Parse and check a table; ValueError names what is wrong."""
+        if not isinstance(obj, dict):
+            raise ValueError("slot table must be an object")
+        owners, epochs = obj.get("owners"), obj.get("epochs")
+        if not isinstance(owners, list) or not isinstance(epochs, list):
+            raise ValueError("slot table: owners and epochs must be lists")
+        if len(owners) != len(epochs) or not 0 < len(owners) <= 65536:
             raise ValueError("slot table: owners and epochs differ in length")
-        ov = {str(k): (str(v[0]), int(v[1])) for k, v in obj.get("overrides", {}).items()}
-        return cls(owners, epochs, ov, int(obj.get("version", 0)))
+        if not all(o is None or (isinstance(o, str) and o) for o in owners):
+            raise ValueError("slot table: owners are node ids or null")
+        if not all(type(e) is int and e >= 0 for e in epochs):
+            raise ValueError("slot table: epochs are integers >= 0")
+        raw = obj.get("overrides", {})
+        if not isinstance(raw, dict):
+            raise ValueError("slot table: overrides must be an object")
+        ov: dict[str, tuple[str, int]] = {}
+        for k, v in raw.items():
+            if (
+                not isinstance(v, list)
+                or len(v) != 2
+                or not isinstance(v[0], str)
+                or type(v[1]) is not int
+            ):
+                raise ValueError("slot table: an override is [node, epoch]")
+            ov[k] = (v[0], v[1])
+        version = obj.get("version", 0)
+        if type(version) is not int:
+            raise ValueError("slot table: version must be an integer")
+        return cls(owners, epochs, ov, version)
 
 
 def rendezvous_owner(slot: int, nodes: Sequence[str]) -> str:

@@ -12,15 +12,16 @@ import math
 import os
 import time
 from collections.abc import Callable
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
 import orjson
 import structlog
 
-from clientlib.kernel.routing import NUM_SLOTS, Route, SlotTable
-from gateway.controlplane.planner import NodeLoad, Unit
+from clientlib.kernel.control_protocol import LoadReport
+from clientlib.kernel.routing import NUM_SLOTS, Route, SlotTable, Unit
+from gateway.controlplane.planner import NodeLoad
 
 log = structlog.get_logger("gateway.route_source")
 
@@ -33,18 +34,21 @@ class NodeEntry:
     lease_until: float
     alive: bool = True
     leaving: bool = False
-    load: dict[str, Any] = field(default_factory=dict)
+    load: LoadReport | None = None  # the latest report, checked when it arrived
     registered: bool = False  # registered since this gateway started
 
     def to_load(self) -> NodeLoad:
+        """The planner's view of this node (no load yet: an idle node)."""
         ld = self.load
+        if ld is None:
+            return NodeLoad(node=self.id, capacity=self.capacity, rate=0.0)
         return NodeLoad(
             node=self.id,
             capacity=self.capacity,
-            rate=float(ld.get("rate", 0.0)),
-            pressure=bool(ld.get("pressure", False)),
-            slots={int(s): float(r) for s, r in ld.get("slots", {}).items()},
-            hot_keys=tuple((str(k), int(s), float(r)) for k, s, r in ld.get("hot_keys", [])),
+            rate=ld.rate,
+            pressure=ld.pressure,
+            slots=ld.slots,
+            hot_keys=ld.hot_keys,
         )
 
 
@@ -135,7 +139,7 @@ class EmbeddedDirectory:
                     "capacity": n.capacity,
                     "slots": counts.get(n.id, 0),
                     "lease_left_s": round(n.lease_until - now, 2),
-                    "load": n.load,
+                    "load": n.load.to_json() if n.load is not None else {},
                 }
                 for n in self.nodes.values()
             ],
@@ -155,7 +159,7 @@ class EmbeddedDirectory:
         self.save()
         return e
 
-    def renew(self, node: str, load: dict[str, Any] | None = None) -> None:
+    def renew(self, node: str, load: LoadReport | None = None) -> None:
         e = self.nodes.get(node)
         if e is not None and e.alive:
             e.lease_until = self.clock() + self.lease_s
@@ -171,7 +175,7 @@ class EmbeddedDirectory:
         dead = [n for n in self.nodes.values() if n.alive and n.lease_until < now]
         for n in dead:
             n.alive = False
-            n.load = {}
+            n.load = None
         return [n.id for n in dead]
 
     # ------------------------------------------------------------------ ownership
@@ -197,7 +201,7 @@ class EmbeddedDirectory:
         else:
             self.table.set_override(str(u), node, epoch)
 
-    def units_of(self, node: str) -> list[Unit]:
+    def units_owned_by(self, node: str) -> list[Unit]:
         units: list[Unit] = [("slot", s) for s in self.table.slots_of(node)]
         units += [("key", k) for k, (n, _) in self.table.overrides.items() if n == node]
         return units
@@ -206,9 +210,7 @@ class EmbeddedDirectory:
         """Assign units over ``targets``, least loaded first, bumping epochs. Saves once."""
         if not targets:
             return {}
-        load = {
-            t: float(self.nodes[t].load.get("rate", 0.0)) / self.nodes[t].capacity for t in targets
-        }
+        load = {t: self.nodes[t].to_load().util for t in targets}
         count = dict.fromkeys(targets, 0)
         for o in self.table.owners:
             if o in count:

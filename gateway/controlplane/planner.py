@@ -21,9 +21,7 @@ from __future__ import annotations
 from collections.abc import Iterable
 from dataclasses import dataclass, field
 
-from clientlib.kernel.routing import SlotTable
-
-Unit = tuple[str, int | str]  # ("slot", 17) or ("key", "room:42")
+from clientlib.kernel.routing import SlotTable, Unit
 
 
 @dataclass(frozen=True, slots=True)

@@ -166,7 +166,8 @@ async def test_move_that_times_out_is_aborted_cleanly(topo: Topology):
 
         async def keep_alive() -> None:
             while True:
-                await ws.send(orjson.dumps({"t": "report", "load": {"rate": 0.0}}))
+                report = {"t": "report", "load": {"rate": 0.0, "capacity": 1000}}
+                await ws.send(orjson.dumps(report))
                 await asyncio.sleep(0.5)
 
         pinger = asyncio.create_task(keep_alive())

@@ -29,7 +29,7 @@ def test_leases_restart_and_retry_after(tmp_path):
     assert d.retry_after("n3") == 3  # 2 s left + half a tick, rounded up
     clock.t += 2.5
     assert d.expire() == ["n3"]
-    moved = d.spread(d.units_of("n3"), [n.id for n in d.live()])
+    moved = d.spread(d.units_owned_by("n3"), [n.id for n in d.live()])
     assert "n3" not in d.table.owners
     assert abs(len(moved["n1"]) - len(moved["n2"])) <= 1  # spread evenly
     assert d.retry_after("n3") == 1
