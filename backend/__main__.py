@@ -17,52 +17,41 @@ from backend.apps import APPS
 from backend.config import BackendConfig
 from backend.control_client import ControlClient, LoopProbe
 from backend.load import LoadMeter
-from backend.node import Node, NodeConfig
+from backend.node import Node
 from backend.server import BackendServer
 from backend.store import SQLiteStore
 from clientlib.kernel.logsetup import configure_logging
 from clientlib.kernel.session_protocol import CloseCode, CloseHint
-from clientlib.kernel.settings import ConfigError, build_config, parse_hostport
+from clientlib.kernel.settings import (
+    ConfigError,
+    add_setting_flags,
+    build_config,
+    parse_hostport,
+)
 
 log = structlog.get_logger("backend")
 
 
 def parse_args(argv: list[str] | None) -> argparse.Namespace:
     p = argparse.ArgumentParser(
-        prog="python -m backend", description="Run a stateful WebSocket backend node."
+        prog="python -m backend",
+        description="Run a stateful WebSocket backend node. Every setting is also read "
+        "from BACKEND_<NAME> and from the --config TOML file (keys are the setting names).",
+        epilog="example: python -m backend counter --listen 127.0.0.1:9101 --node-id node-1 "
+        "--control ws://127.0.0.1:9090/v1/control --control-secret s3cret",
     )
     p.add_argument("app", nargs="?", choices=sorted(APPS), help="example app to run")
-    p.add_argument("--config", help="TOML file with BackendConfig fields")
-    p.add_argument("--listen", help="HOST:PORT to serve WebSockets on (default 127.0.0.1:9101)")
-    p.add_argument("--advertise", help="HOST:PORT the gateway should dial (default: --listen)")
-    p.add_argument("--node-id", help="stable node name (default: the advertised address)")
-    p.add_argument("--capacity", type=float, help="messages/s this node carries at 100%%")
-    p.add_argument("--store", help="SQLite state store path (default .state/store.db)")
-    p.add_argument("--durability", help="handoff | checkpoint | write-through")
-    p.add_argument("--control", help="gateway control endpoint, ws://HOST:PORT/v1/control")
-    p.add_argument("--control-secret", help="shared secret for the control endpoint")
-    p.add_argument("--log-level", help="debug | info | warning | error")
+    p.add_argument("--config", help="TOML file with backend settings")
+    add_setting_flags(p, BackendConfig, "BACKEND_")
     return p.parse_args(argv)
 
 
 async def serve(cfg: BackendConfig) -> None:
-    node_id = cfg.node_id or cfg.advertise or cfg.listen
+    node_id = cfg.node_id
     app = APPS[cfg.app]()
     store = SQLiteStore(cfg.store)
     meter = LoadMeter(cfg.capacity, high=cfg.high_water, low=cfg.low_water)
-    node = Node(
-        app,
-        store,
-        meter,
-        NodeConfig(
-            node_id=node_id,
-            durability=cfg.durability,  # type: ignore[arg-type]
-            checkpoint_s=cfg.checkpoint_s,
-            replay_max_count=cfg.replay_max_count,
-            replay_max_bytes=cfg.replay_max_bytes,
-            moved_window_ms=cfg.moved_window_ms,
-        ),
-    )
+    node = Node(app, store, meter, cfg)
     server = BackendServer(node, max_message=cfg.max_message)
     host, port = parse_hostport(cfg.listen, "listen")
     await server.start(host, port)

@@ -1,33 +1,46 @@
-"""Backend configuration (flags > env BACKEND_* > TOML > defaults)."""
+"""Backend settings: one validated object (flags > env BACKEND_* > TOML > defaults).
+
+The same object configures the server, the node and the control client: there
+is no second copy to fall out of step. Each field is one setting: its name is
+the TOML key, ``BACKEND_<NAME>`` the environment variable, ``--name-with-dashes``
+the flag. ``docs/backend.md`` lists them; a test keeps the two in step.
+"""
 
 from __future__ import annotations
 
 from dataclasses import dataclass
+from typing import Literal
 
-from backend.node import DURABILITY_MODES
-from clientlib.kernel.settings import ConfigError, parse_hostport
+from clientlib.kernel.settings import ConfigError, parse_hostport, setting
+
+__all__ = ["DURABILITY_MODES", "BackendConfig", "Durability"]
+
+Durability = Literal["handoff", "checkpoint", "write-through"]
+DURABILITY_MODES: tuple[str, ...] = ("handoff", "checkpoint", "write-through")
 
 
 @dataclass(frozen=True, kw_only=True)
 class BackendConfig:
-    app: str = "echo"
-    listen: str = "127.0.0.1:9101"
-    advertise: str | None = None  # address the gateway dials; default: listen
-    node_id: str | None = None  # default: the listen address
-    capacity: float = 1000.0  # messages/s this node can carry
-    high_water: float = 0.85
-    low_water: float = 0.70
-    store: str = ".state/store.db"
-    durability: str = "handoff"
-    checkpoint_s: float = 5.0
-    control: str | None = None  # ws://HOST:PORT/v1/control of the gateway
-    control_secret: str | None = None
-    replay_max_count: int = 1024
-    replay_max_bytes: int = 1 << 20
-    max_message: int = 1 << 20
-    moved_window_ms: int = 5000
-    reconnect_rate: int = 2000
-    log_level: str = "info"
+    app: str = setting("echo", "the app to run (a name from backend.apps)", flag=False)
+    listen: str = setting("127.0.0.1:9101", "HOST:PORT to serve WebSockets on")
+    advertise: str | None = setting(None, "HOST:PORT the gateway dials (default: listen)")
+    node_id: str = setting("", "stable node name (empty: the advertised address)")
+    capacity: float = setting(1000.0, "messages/s this node carries at 100 %")
+    high_water: float = setting(0.85, "utilization that raises the pressure flag")
+    low_water: float = setting(0.70, "utilization below which pressure clears")
+    store: str = setting(".state/store.db", "SQLite state store path")
+    durability: Durability = setting("handoff", "handoff | checkpoint | write-through")
+    checkpoint_s: float = setting(5.0, "checkpoint mode: changed keys are written this often")
+    control: str | None = setting(None, "control endpoint, ws://HOST:PORT/v1/control")
+    control_secret: str | None = setting(None, "shared secret for the control endpoint")
+    replay_max_count: int = setting(1024, "replay buffer per session: messages")
+    replay_max_bytes: int = setting(1 << 20, "replay buffer per session: bytes")
+    max_message: int = setting(1 << 20, "largest client message (close 1009)")
+    session_ttl_s: float = setting(120.0, "a detached session is kept this long for a resume")
+    key_idle_s: float = setting(30.0, "a key with no session is flushed and dropped after this")
+    moved_window_ms: int = setting(5000, "longest window clients of a moved unit reconnect in")
+    reconnect_rate: int = setting(2000, "reconnects/s a move may cause (sizes the window)")
+    log_level: str = setting("info", "debug | info | warning | error")
 
     def __post_init__(self) -> None:
         from backend.apps import APPS
@@ -37,6 +50,9 @@ class BackendConfig:
         parse_hostport(self.listen, "listen")
         if self.advertise:
             parse_hostport(self.advertise, "advertise")
+        if not self.node_id:
+            # A node needs a stable name; the address it is reached at is one.
+            object.__setattr__(self, "node_id", self.advertise or self.listen)
         if self.durability not in DURABILITY_MODES:
             raise ConfigError(f"config: durability: expected one of {', '.join(DURABILITY_MODES)}")
         if self.capacity <= 0:
@@ -47,3 +63,12 @@ class BackendConfig:
             raise ConfigError("config: control needs control_secret")
         if self.replay_max_count < 1 or self.replay_max_bytes < 1024:
             raise ConfigError("config: replay_max_count >= 1 and replay_max_bytes >= 1024")
+        for name in ("checkpoint_s", "session_ttl_s", "key_idle_s"):
+            if getattr(self, name) <= 0:
+                raise ConfigError(f"config: {name} must be > 0")
+        if self.moved_window_ms < 100 or self.reconnect_rate < 1:
+            raise ConfigError("config: moved_window_ms >= 100 and reconnect_rate >= 1")
+        if self.max_message < 1024:
+            raise ConfigError("config: max_message must be at least 1024")
+        if self.log_level not in ("debug", "info", "warning", "error"):
+            raise ConfigError("config: log_level: expected debug, info, warning or error")

@@ -12,12 +12,13 @@ import secrets
 import time
 from collections.abc import Callable, Iterable
 from dataclasses import dataclass, field
-from typing import Any, Literal, Protocol
+from typing import Any, Protocol
 
 import orjson
 import structlog
 
 from backend.app import App, KeyContext, SessionHandle
+from backend.config import BackendConfig
 from backend.load import LoadMeter
 from backend.store import StaleEpoch, StateStore
 from clientlib.kernel.replay import Inbox, Outbox, OutboxFull
@@ -32,9 +33,6 @@ from clientlib.kernel.session_protocol import (
 )
 
 log = structlog.get_logger("backend.node")
-
-Durability = Literal["handoff", "checkpoint", "write-through"]
-DURABILITY_MODES: tuple[str, ...] = ("handoff", "checkpoint", "write-through")
 
 
 class Wire(Protocol):
@@ -77,26 +75,13 @@ class ActiveKey:
     idle_since: float | None = None
 
 
-@dataclass(frozen=True, slots=True)
-class NodeConfig:
-    node_id: str = "node-1"
-    durability: Durability = "handoff"
-    checkpoint_s: float = 5.0
-    replay_max_count: int = 1024
-    replay_max_bytes: int = 1 << 20
-    session_ttl_s: float = 120.0  # a detached session is kept this long for a resume
-    key_idle_s: float = 30.0  # a key with no sessions is flushed and dropped after this
-    moved_window_ms: int = 5000  # the longest window clients of a moved unit reconnect in
-    reconnect_rate: int = 2000  # reconnects/s a move may cause (sets the window)
-
-
 class Node:
     def __init__(
         self,
         app: App,
         store: StateStore,
         meter: LoadMeter,
-        config: NodeConfig,
+        config: BackendConfig,
         *,
         clock: Callable[[], float] = time.monotonic,
     ):
@@ -107,6 +92,7 @@ class Node:
         self.clock = clock
         self.keys: dict[str, ActiveKey] = {}
         self.view: SlotTable | None = None  # None: standalone, owns every key
+        self._last_checkpoint = clock()
         self.stats = {
             "messages": 0,
             "duplicates": 0,
@@ -356,6 +342,11 @@ class Node:
     def sweep(self, now: float) -> None:
         """Expire detached sessions, checkpoint, and drop idle keys (called every second)."""
         cfg = self.config
+        checkpoint = cfg.durability == "checkpoint" and now - self._last_checkpoint >= (
+            cfg.checkpoint_s
+        )
+        if checkpoint:
+            self._last_checkpoint = now
         for key, ak in list(self.keys.items()):
             if ak.frozen:
                 continue
@@ -367,7 +358,7 @@ class Node:
                 ):
                     del ak.sessions[sid]
                     ak.dirty = True
-            if ak.dirty and cfg.durability == "checkpoint":
+            if ak.dirty and checkpoint:
                 self.persist(ak)
             if (
                 not ak.ctx.sessions

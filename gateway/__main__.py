@@ -11,7 +11,12 @@ import structlog
 import uvloop
 
 from clientlib.kernel.logsetup import configure_logging
-from clientlib.kernel.settings import ConfigError, build_config, parse_hostport
+from clientlib.kernel.settings import (
+    ConfigError,
+    add_setting_flags,
+    build_config,
+    parse_hostport,
+)
 from gateway.admin import AdminAPI
 from gateway.config import GatewayConfig
 from gateway.controlplane.controller import Controller
@@ -27,31 +32,13 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
         prog="python -m gateway",
         description="Sticky WebSocket gateway: routes each upgrade by its key to the owning "
         "backend and splices bytes. Fronts static backends, or backends that "
-        "register with its embedded control plane.",
+        "register with its embedded control plane. Every setting is also read from "
+        "GATEWAY_<NAME> and from the --config TOML file (keys are the setting names).",
         epilog="example: python -m gateway --listen 127.0.0.1:9000 "
         "--static-backend 127.0.0.1:9101 --static-backend 127.0.0.1:9102",
     )
-    p.add_argument("--config", help="TOML file with GatewayConfig fields")
-    p.add_argument("--listen", help="HOST:PORT for clients (default 127.0.0.1:9000)")
-    p.add_argument("--admin-listen", help="HOST:PORT for the admin API (default 127.0.0.1:9090)")
-    p.add_argument("--admin-token", help="bearer token for the admin API")
-    p.add_argument(
-        "--static-backend",
-        action="append",
-        metavar="HOST:PORT",
-        help="a plain WebSocket backend (repeatable); hashed consistently by key",
-    )
-    p.add_argument("--control-secret", help="enable the control plane; backends use this secret")
-    p.add_argument(
-        "--require-key",
-        choices=["on", "off"],
-        help="off: route upgrades without a key as the empty key (default on)",
-    )
-    p.add_argument("--jwt-secret", help="require HS256 tokens signed with this secret")
-    p.add_argument("--state-dir", help="where the control plane keeps its table")
-    p.add_argument("--rebalance", choices=["on", "off"], help="move hot keys (default on)")
-    p.add_argument("--max-connections", type=int, help="0 = derive from the descriptor limit")
-    p.add_argument("--log-level", help="debug | info | warning | error")
+    p.add_argument("--config", help="TOML file with gateway settings")
+    add_setting_flags(p, GatewayConfig, "GATEWAY_")
     return p.parse_args(argv)
 
 
@@ -96,10 +83,6 @@ async def serve(cfg: GatewayConfig) -> None:
 def main(argv: list[str] | None = None) -> None:
     args = parse_args(argv)
     flags = {k: v for k, v in vars(args).items() if k != "config"}
-    if args.rebalance is not None:
-        flags["rebalance"] = args.rebalance == "on"
-    if args.require_key is not None:
-        flags["require_key"] = args.require_key == "on"
     try:
         cfg = build_config(GatewayConfig, file=args.config, env_prefix="GATEWAY_", flags=flags)
         configure_logging(cfg.log_level)

@@ -1,49 +1,60 @@
-"""Gateway configuration: one validated object built at start (flags > env > TOML > defaults)."""
+"""Gateway settings: one validated object built at start (flags > env GATEWAY_* > TOML > defaults).
+
+Each field is one setting: its name is the TOML key, ``GATEWAY_<NAME>`` the
+environment variable, ``--name-with-dashes`` the flag (see
+:mod:`clientlib.kernel.settings`). ``docs/gateway.md`` lists them; a test keeps
+the two in step.
+"""
 
 from __future__ import annotations
 
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 
-from clientlib.kernel.settings import ConfigError, parse_hostport
+from clientlib.kernel.settings import ConfigError, parse_hostport, setting
+
+__all__ = ["GatewayConfig"]
 
 
 @dataclass(frozen=True, kw_only=True)
 class GatewayConfig:
-    listen: str = "127.0.0.1:9000"
-    admin_listen: str = "127.0.0.1:9090"
-    admin_token: str | None = None  # required for admin write calls; reads too when set
-    control_secret: str | None = None  # backends authenticate with it; None: control plane off
-    static_backend: list[str] = field(default_factory=list)  # plain WebSocket servers
-    path_prefix: str = "/"
-    key_header: str = "X-Routing-Key"  # alternative to ?key=
-    # False: an upgrade without a key is routed as the empty key (nginx `hash $arg_key`
-    # does the same), for plain WebSocket servers whose clients send none.
-    require_key: bool = True
-    # auth
-    jwt_secret: str | None = None  # when set, every upgrade needs a valid token
-    allowed_origins: list[str] = field(default_factory=list)  # empty: any origin
-    # TLS termination
-    tls_cert: str | None = None
-    tls_key: str | None = None
-    # limits
-    max_handshake_bytes: int = 16384
-    handshake_timeout_s: float = 10.0
-    connect_timeout_s: float = 3.0
-    max_frame_bytes: int = 1 << 20
-    write_high_water: int = 64 * 1024
-    slow_consumer_s: float = 10.0  # a client whose buffer stays full this long is cut off
-    idle_timeout_s: float = 300.0
-    max_connections: int = 0  # 0: derived from the descriptor limit
-    max_conns_per_ip: int = 0  # 0: no per-address limit; above it: 429
-    reroute_retries: int = 3
-    # drain
-    drain_window_s: float = 5.0
-    drain_deadline_s: float = 15.0
-    # control plane
-    state_dir: str = ".state/gateway"
-    lease_s: float = 3.0
-    rebalance: bool = True
-    log_level: str = "info"
+    listen: str = setting("127.0.0.1:9000", "HOST:PORT for clients")
+    admin_listen: str = setting("127.0.0.1:9090", "HOST:PORT for the admin API and control")
+    admin_token: str | None = setting(None, "bearer token for the admin API")
+    control_secret: str | None = setting(
+        None, "enables the control plane; backends authenticate with it"
+    )
+    static_backend: list[str] = setting(
+        default_factory=list,
+        help="a plain WebSocket backend, hashed consistently by key",
+        metavar="HOST:PORT",
+    )
+    path_prefix: str = setting("/", "upgrades outside this path prefix get 404")
+    key_header: str = setting("X-Routing-Key", "header alternative to ?key=")
+    # False: an upgrade without a key is routed as the empty key (nginx `hash $arg_key` does
+    # the same), for plain WebSocket servers whose clients send none.
+    require_key: bool = setting(True, "off: route upgrades without a key as the empty key")
+    jwt_secret: str | None = setting(None, "require HS256 tokens signed with this secret")
+    allowed_origins: list[str] = setting(
+        default_factory=list, help="Origin allow-list (empty: any)", metavar="ORIGIN"
+    )
+    tls_cert: str | None = setting(None, "PEM certificate: terminate TLS")
+    tls_key: str | None = setting(None, "PEM private key for tls_cert")
+    max_handshake_bytes: int = setting(16384, "upgrade request head limit")
+    handshake_timeout_s: float = setting(10.0, "an unfinished upgrade is dropped after this")
+    connect_timeout_s: float = setting(3.0, "backend connect timeout")
+    max_frame_bytes: int = setting(1 << 20, "client frame limit (close 1009)")
+    write_high_water: int = setting(64 * 1024, "socket write buffer before the peer is paused")
+    slow_consumer_s: float = setting(10.0, "a client whose buffer stays full this long: 4001")
+    idle_timeout_s: float = setting(300.0, "nothing either way for this long: close 4004")
+    max_connections: int = setting(0, "0: derived from the descriptor limit; above it 503")
+    max_conns_per_ip: int = setting(0, "open connections per client address; 0: no limit")
+    reroute_retries: int = setting(3, "re-routes after a backend's 421")
+    drain_window_s: float = setting(5.0, "drain spreads its closes over this window")
+    drain_deadline_s: float = setting(15.0, "drain exits at this deadline")
+    state_dir: str = setting(".state/gateway", "where the control plane keeps its table")
+    lease_s: float = setting(3.0, "backend lease")
+    rebalance: bool = setting(True, "move hot keys (off: static consistent hashing)")
+    log_level: str = setting("info", "debug | info | warning | error")
 
     def __post_init__(self) -> None:
         parse_hostport(self.listen, "listen")
@@ -74,3 +85,5 @@ class GatewayConfig:
             raise ConfigError(
                 "config: max_connections, max_conns_per_ip and reroute_retries must be >= 0"
             )
+        if self.log_level not in ("debug", "info", "warning", "error"):
+            raise ConfigError("config: log_level: expected debug, info, warning or error")

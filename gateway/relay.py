@@ -13,27 +13,83 @@ buffer full for ``slow_consumer_s`` is cut off (close 4001).
 from __future__ import annotations
 
 import asyncio
+import enum
 import os
 import socket
 import time
-from typing import TYPE_CHECKING, cast
+from dataclasses import dataclass
+from typing import TYPE_CHECKING, Protocol, cast
 
 from clientlib.kernel.session_protocol import CloseCode, CloseHint
 from gateway.frames import FrameTracker, close_frame
 from gateway.handshake import (
     HandshakeError,
+    Upgrade,
     UpgradeParser,
     http_response,
     read_answer,
     switching_protocols,
 )
+from gateway.metrics import GatewayMetrics
 
 if TYPE_CHECKING:
     import h11
 
-    from gateway.server import Gateway
+__all__ = [
+    "BackendSide",
+    "ClientSide",
+    "ConnState",
+    "ConnectionHost",
+    "RelayLimits",
+]
 
-HANDSHAKE, CONNECTING, RELAY, CLOSING, CLOSED = range(5)
+
+class ConnState(enum.IntEnum):
+    """A proxied connection's life, in order (comparisons such as ``< RELAY`` are meant)."""
+
+    HANDSHAKE = 0  # reading the client's upgrade
+    CONNECTING = 1  # upgrade accepted, opening the backend hop
+    RELAY = 2  # splicing bytes both ways
+    CLOSING = 3  # a close frame was sent or seen; waiting for the sockets to go
+    CLOSED = 4
+
+
+# Module-level names: the hot path compares against these without an attribute lookup.
+HANDSHAKE, CONNECTING, RELAY, CLOSING, CLOSED = ConnState
+
+
+@dataclass(frozen=True, slots=True)
+class RelayLimits:
+    """The settings a connection reads, taken once from the gateway's configuration."""
+
+    max_handshake_bytes: int = 16384
+    path_prefix: str = "/"
+    key_header: str = "X-Routing-Key"
+    require_key: bool = True
+    max_frame_bytes: int = 1 << 20
+    write_high_water: int = 64 * 1024
+    handshake_timeout_s: float = 10.0
+    slow_consumer_s: float = 10.0
+    idle_timeout_s: float = 300.0
+    close_linger_s: float = 5.0  # how long a closing peer may take to answer our close
+
+
+class ConnectionHost(Protocol):
+    """What a connection needs from the process that accepted it (the gateway)."""
+
+    limits: RelayLimits
+    metrics: GatewayMetrics
+    loop: asyncio.AbstractEventLoop
+    drain_hint: str
+
+    def accepted(self, conn: ClientSide) -> HandshakeError | None:
+        """Count a new connection; the refusal to send it, if it is over a limit."""
+
+    def upgrade(self, conn: ClientSide, up: Upgrade) -> None:
+        """Admit a parsed upgrade (HandshakeError refuses it) and open the backend hop."""
+
+    def closed(self, conn: ClientSide, was_relaying: bool) -> None:
+        """The connection is gone."""
 
 
 def _keepalive(transport: asyncio.BaseTransport) -> None:
@@ -62,11 +118,10 @@ class ClientSide(asyncio.Protocol):
         "c2b",
         "close_code",
         "closed_by",
-        "counted_ip",
         "drain_pending",
-        "gw",
+        "host",
         "idle_mark",
-        "idle_ticks",
+        "idle_since",
         "key",
         "node",
         "parser",
@@ -79,19 +134,19 @@ class ClientSide(asyncio.Protocol):
         "transport",
     )
 
-    def __init__(self, gw: Gateway):
-        self.gw = gw
+    def __init__(self, host: ConnectionHost):
+        self.host = host
         self.state = HANDSHAKE
         self.transport: asyncio.Transport | None = None
         self.backend: BackendSide | None = None
+        lim = host.limits
         self.parser: UpgradeParser | None = UpgradeParser(
-            max_bytes=gw.config.max_handshake_bytes,
-            path_prefix=gw.config.path_prefix,
-            key_header=gw.config.key_header,
-            require_key=gw.config.require_key,
+            max_bytes=lim.max_handshake_bytes,
+            path_prefix=lim.path_prefix,
+            key_header=lim.key_header,
+            require_key=lim.require_key,
         )
-        cfg = gw.config
-        self.c2b = FrameTracker(masked=True, max_frame=cfg.max_frame_bytes)
+        self.c2b = FrameTracker(masked=True, max_frame=lim.max_frame_bytes)
         self.b2c = FrameTracker(masked=False, max_frame=1 << 62)
         self.key = ""
         self.node = ""
@@ -104,8 +159,7 @@ class ClientSide(asyncio.Protocol):
         self.pending = b""
         self.drain_pending = False
         self.idle_mark = 0
-        self.idle_ticks = 0
-        self.counted_ip = False
+        self.idle_since = 0.0
 
     # ------------------------------------------------------------------ handshake
 
@@ -115,27 +169,18 @@ class ClientSide(asyncio.Protocol):
         self.started = time.monotonic()
         peer = transport.get_extra_info("peername")
         self.peer_ip = peer[0] if peer else ""
-        transport.set_write_buffer_limits(high=self.gw.config.write_high_water)
-        gw = self.gw
-        gw.conns.add(self)
-        gw.metrics.accepted.inc()
-        if len(gw.conns) > gw.max_connections:
-            self.reject(HandshakeError(503, "gateway at connection limit", (("Retry-After", "5"),)))
+        host = self.host
+        transport.set_write_buffer_limits(high=host.limits.write_high_water)
+        host.metrics.accepted.inc()
+        refusal = host.accepted(self)
+        if refusal is not None:
+            self.reject(refusal)
             return
-        if gw.config.max_conns_per_ip:
-            if not gw.per_ip_admit(self.peer_ip):
-                self.reject(
-                    HandshakeError(
-                        429, "too many connections from this address", (("Retry-After", "1"),)
-                    )
-                )
-                return
-            self.counted_ip = True
-        self.timer = gw.loop.call_later(gw.config.handshake_timeout_s, self.handshake_timeout)
+        self.timer = host.loop.call_later(host.limits.handshake_timeout_s, self.handshake_timeout)
 
     def handshake_timeout(self) -> None:
         if self.state < RELAY:
-            self.gw.metrics.rejected.labels("408").inc()
+            self.host.metrics.rejected.labels("408").inc()
             self.closed_by = "timeout"
             self.abort()
 
@@ -153,7 +198,7 @@ class ClientSide(asyncio.Protocol):
         elif self.state == CONNECTING:
             # A client must wait for 101 (RFC 6455 §4.1); keep a bounded amount anyway.
             self.pending += data
-            if len(self.pending) > self.gw.config.max_handshake_bytes:
+            if len(self.pending) > self.host.limits.max_handshake_bytes:
                 self.reject(HandshakeError(400, "data before the handshake completed"))
 
     def handshake_data(self, data: bytes) -> None:
@@ -165,15 +210,13 @@ class ClientSide(asyncio.Protocol):
             self.pending = self.parser.trailing
             self.parser = None
             self.key = up.key
-            self.gw.admit(up)
+            self.state = CONNECTING
+            self.host.upgrade(self, up)
         except HandshakeError as exc:
             self.reject(exc)
-            return
-        self.state = CONNECTING
-        self.gw.loop.create_task(self.gw.connect_backend(self, up))
 
     def reject(self, exc: HandshakeError) -> None:
-        self.gw.metrics.rejected.labels(str(exc.status)).inc()
+        self.host.metrics.rejected.labels(str(exc.status)).inc()
         self.closed_by = "gateway"
         if self.transport is not None and not self.transport.is_closing():
             self.transport.write(http_response(exc.status, exc.reason, exc.headers))
@@ -193,7 +236,7 @@ class ClientSide(asyncio.Protocol):
         self.backend = backend
         self.node = backend.node
         self.state = RELAY
-        self.gw.metrics.upgraded.inc()
+        self.host.metrics.upgraded.inc()
         _keepalive(self.transport)
         self.transport.write(switching_protocols(headers))
         backend.relaying = True
@@ -209,7 +252,7 @@ class ClientSide(asyncio.Protocol):
 
     def violation(self, code: int) -> None:
         """The client broke the framing rules (1002) or sent a frame too big (1009)."""
-        self.gw.metrics.violations.labels(str(code)).inc()
+        self.host.metrics.violations.labels(str(code)).inc()
         self.closed_by = "gateway"
         self.close_code = code
         if self.transport is not None:
@@ -243,7 +286,7 @@ class ClientSide(asyncio.Protocol):
         self.close_backend(CloseCode.GOING_AWAY)
         self.state = CLOSING
         # The client answers our close; if it does not, stop waiting.
-        self.gw.loop.call_later(5.0, self.abort)
+        self.host.loop.call_later(self.host.limits.close_linger_s, self.abort)
 
     def backend_data(self, data: bytes) -> None:
         if self.state != RELAY:
@@ -256,7 +299,7 @@ class ClientSide(asyncio.Protocol):
             self.abort()
             return
         if self.drain_pending and self.b2c.at_boundary:
-            self.drain_close(CloseCode.GOING_AWAY, self.gw.drain_hint)
+            self.drain_close(CloseCode.GOING_AWAY, self.host.drain_hint)
 
     def pause_writing(self) -> None:
         # The client is not reading fast enough: stop reading from its backend.
@@ -269,8 +312,22 @@ class ClientSide(asyncio.Protocol):
         if self.backend is not None and not self.backend.transport.is_closing():
             self.backend.transport.resume_reading()
 
+    def tick(self, now: float) -> None:
+        """Housekeeping, once a second: cut a slow consumer, close an idle connection."""
+        lim = self.host.limits
+        if self.paused_since is not None and now - self.paused_since > lim.slow_consumer_s:
+            self.cut_slow_consumer()
+        elif self.state == RELAY:
+            mark = self.c2b.bytes + self.b2c.bytes
+            if mark != self.idle_mark or not self.idle_since:
+                self.idle_mark = mark
+                self.idle_since = now
+            elif now - self.idle_since >= lim.idle_timeout_s:
+                self.host.metrics.idle_closed.inc()
+                self.drain_close(CloseCode.IDLE_TIMEOUT, "")
+
     def cut_slow_consumer(self) -> None:
-        self.gw.metrics.slow_consumers.inc()
+        self.host.metrics.slow_consumers.inc()
         self.closed_by = "gateway"
         self.close_code = CloseCode.SLOW_CONSUMER
         if self.transport is not None and self.b2c.at_boundary:
@@ -299,7 +356,7 @@ class ClientSide(asyncio.Protocol):
                 b.transport.abort()
         if self.transport is not None:
             self.transport = None
-        self.gw.conn_closed(self, was_relaying)
+        self.host.closed(self, was_relaying)
 
 
 class BackendSide(asyncio.Protocol):
@@ -312,7 +369,7 @@ class BackendSide(asyncio.Protocol):
         self.node = node
         self.conn: h11.Connection | None = conn
         self.answer: asyncio.Future[tuple[int, list[tuple[bytes, bytes]], bytes]] = (
-            client.gw.loop.create_future()
+            client.host.loop.create_future()
         )
         self.transport: asyncio.Transport = None  # type: ignore[assignment]
         self.relaying = False
@@ -321,7 +378,7 @@ class BackendSide(asyncio.Protocol):
     def connection_made(self, transport: asyncio.BaseTransport) -> None:
         transport = cast(asyncio.Transport, transport)  # uvloop's are not subclasses
         self.transport = transport
-        transport.set_write_buffer_limits(high=self.client.gw.config.write_high_water)
+        transport.set_write_buffer_limits(high=self.client.host.limits.write_high_water)
         _keepalive(transport)
 
     def data_received(self, data: bytes) -> None:
@@ -331,7 +388,7 @@ class BackendSide(asyncio.Protocol):
         if self.conn is None:
             # The answer is in, the relay not started yet: keep the frames, bounded.
             self.early += data
-            if len(self.early) > self.client.gw.config.write_high_water:
+            if len(self.early) > self.client.host.limits.write_high_water:
                 self.transport.pause_reading()
             return
         try:
@@ -374,5 +431,5 @@ class BackendSide(asyncio.Protocol):
                     t.write(close_frame(CloseCode.GOING_AWAY, CloseHint(window_ms=1000).encode()))
                 t.close()
                 # A client that never takes the rest of its buffer must not linger.
-                c.gw.loop.call_later(5.0, c.abort)
+                c.host.loop.call_later(c.host.limits.close_linger_s, c.abort)
             c.state = CLOSING

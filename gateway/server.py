@@ -19,8 +19,10 @@ from gateway.auth import TokenVerifier
 from gateway.config import GatewayConfig
 from gateway.handshake import HandshakeError, Upgrade, forward_request
 from gateway.metrics import GatewayMetrics
-from gateway.relay import CONNECTING, RELAY, BackendSide, ClientSide
+from gateway.relay import CONNECTING, RELAY, BackendSide, ClientSide, RelayLimits
 from gateway.route_source import RouteSource
+
+__all__ = ["Gateway", "raise_fd_limit"]
 
 log = structlog.get_logger("gateway")
 
@@ -46,11 +48,23 @@ class Gateway:
         metrics: GatewayMetrics | None = None,
     ):
         self.config = config
+        self.limits = RelayLimits(
+            max_handshake_bytes=config.max_handshake_bytes,
+            path_prefix=config.path_prefix,
+            key_header=config.key_header,
+            require_key=config.require_key,
+            max_frame_bytes=config.max_frame_bytes,
+            write_high_water=config.write_high_water,
+            handshake_timeout_s=config.handshake_timeout_s,
+            slow_consumer_s=config.slow_consumer_s,
+            idle_timeout_s=config.idle_timeout_s,
+        )
         self.directory = directory
         self.metrics = metrics or GatewayMetrics()
         self.loop = asyncio.get_running_loop()
         self.conns: set[ClientSide] = set()
         self.per_ip: dict[str, int] = {}  # open connections per client address
+        self._counted: set[ClientSide] = set()  # connections counted in per_ip
         fds = raise_fd_limit()
         self.max_connections = config.max_connections or max((fds - FD_RESERVE) // 2, 1)
         self.auth = TokenVerifier(config.jwt_secret) if config.jwt_secret else None
@@ -80,6 +94,41 @@ class Gateway:
     def port(self) -> int:
         assert self.server is not None
         return int(self.server.sockets[0].getsockname()[1])
+
+    # ------------------------------------------------------------------ ConnectionHost
+
+    def accepted(self, conn: ClientSide) -> HandshakeError | None:
+        self.conns.add(conn)
+        if len(self.conns) > self.max_connections:
+            return HandshakeError(503, "gateway at connection limit", (("Retry-After", "5"),))
+        limit = self.config.max_conns_per_ip
+        if limit:
+            n = self.per_ip.get(conn.peer_ip, 0)
+            if n >= limit:
+                return HandshakeError(
+                    429, "too many connections from this address", (("Retry-After", "1"),)
+                )
+            self.per_ip[conn.peer_ip] = n + 1
+            self._counted.add(conn)
+        return None
+
+    def upgrade(self, conn: ClientSide, up: Upgrade) -> None:
+        self.admit(up)
+        self.loop.create_task(self.connect_backend(conn, up))
+
+    def closed(self, conn: ClientSide, was_relaying: bool) -> None:
+        self.conns.discard(conn)
+        if conn in self._counted:
+            self._counted.discard(conn)
+            left = self.per_ip.get(conn.peer_ip, 1) - 1
+            if left > 0:
+                self.per_ip[conn.peer_ip] = left
+            else:
+                self.per_ip.pop(conn.peer_ip, None)
+        if was_relaying:
+            self._log_close(conn)
+        if self.draining and not self.conns:
+            self.closed_event.set()
 
     # ------------------------------------------------------------------ admission
 
@@ -181,24 +230,7 @@ class Gateway:
 
     # ------------------------------------------------------------------ lifecycle
 
-    def per_ip_admit(self, ip: str) -> bool:
-        """Count a new connection from ``ip``; False above ``max_conns_per_ip``."""
-        n = self.per_ip.get(ip, 0)
-        if n >= self.config.max_conns_per_ip:
-            return False
-        self.per_ip[ip] = n + 1
-        return True
-
-    def conn_closed(self, c: ClientSide, was_relaying: bool) -> None:
-        self.conns.discard(c)
-        if c.counted_ip:
-            left = self.per_ip.get(c.peer_ip, 1) - 1
-            if left > 0:
-                self.per_ip[c.peer_ip] = left
-            else:
-                self.per_ip.pop(c.peer_ip, None)
-        if not was_relaying:
-            return
+    def _log_close(self, c: ClientSide) -> None:
         m = self.metrics
         m.closed.labels(c.closed_by).inc()
         m.frames.labels("c2b").inc(c.c2b.frames)
@@ -218,32 +250,15 @@ class Gateway:
             close_code=c.close_code or c.c2b.close_code or c.b2c.close_code,
             closed_by=c.closed_by,
         )
-        if self.draining and not self.conns:
-            self.closed_event.set()
 
     async def _sweep(self) -> None:
-        """Once a second: cut slow consumers; every few seconds: close idle connections."""
-        cfg = self.config
-        tick = 0
+        """Once a second, each connection's own housekeeping (slow consumer, idle)."""
         while True:
             await asyncio.sleep(1.0)
-            tick += 1
             now = time.monotonic()
             self.metrics.connections.set(len(self.conns))
-            check_idle = tick % 5 == 0
             for c in list(self.conns):
-                if c.paused_since is not None and now - c.paused_since > cfg.slow_consumer_s:
-                    c.cut_slow_consumer()
-                elif check_idle and c.state == RELAY:
-                    mark = c.c2b.bytes + c.b2c.bytes
-                    if mark != c.idle_mark:
-                        c.idle_mark = mark
-                        c.idle_ticks = 0
-                    else:
-                        c.idle_ticks += 5
-                        if c.idle_ticks >= cfg.idle_timeout_s:
-                            self.metrics.idle_closed.inc()
-                            c.drain_close(CloseCode.IDLE_TIMEOUT, "")
+                c.tick(now)
 
     async def drain(self) -> None:
         """Refuse new upgrades; close clients with 1001 in waves; return when empty or late."""

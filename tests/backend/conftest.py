@@ -3,8 +3,9 @@ from __future__ import annotations
 import pytest
 
 from backend.apps.counter import CounterApp
+from backend.config import BackendConfig
 from backend.load import LoadMeter
-from backend.node import Node, NodeConfig
+from backend.node import Node
 from backend.store import SQLiteStore
 
 
@@ -42,5 +43,5 @@ def clock():
 
 def make_node(store, clock, node_id="n1", **cfg) -> Node:
     return Node(
-        CounterApp(), store, LoadMeter(1000.0), NodeConfig(node_id=node_id, **cfg), clock=clock
+        CounterApp(), store, LoadMeter(1000.0), BackendConfig(node_id=node_id, **cfg), clock=clock
     )

@@ -117,11 +117,30 @@ def test_durability_modes_persist_when_promised(store, clock):
     assert store.load("ho") is None  # nothing until a handoff or shutdown
     ho.flush_all()
     assert orjson.loads(store.load("ho")[1])["state"]["count"] == 1
-    cp = make_node(store, clock, "c", durability="checkpoint")
+    cp = make_node(store, clock, "c", durability="checkpoint", checkpoint_s=5.0)
     s, _ = cp.attach("cp", 0, Hello(None, 0), FakeWire())
     send(cp, s, 1, 1)
+    clock.t += 1.0
+    cp.sweep(clock())
+    assert store.load("cp") is None  # the sweep runs every second, checkpoints every 5 s
+    clock.t += 4.0
     cp.sweep(clock())
     assert orjson.loads(store.load("cp")[1])["state"]["count"] == 1
+    send(cp, s, 2, 2)
+    clock.t += 4.9
+    cp.sweep(clock())
+    assert orjson.loads(store.load("cp")[1])["state"]["count"] == 1
+    clock.t += 0.1
+    cp.sweep(clock())
+    assert orjson.loads(store.load("cp")[1])["state"]["count"] == 2
+
+
+def test_move_window_follows_reconnect_rate(store, clock):
+    slow = make_node(store, clock, "s", reconnect_rate=100, moved_window_ms=5000)
+    fast = make_node(store, clock, "f", reconnect_rate=10_000, moved_window_ms=5000)
+    assert slow.moved_window_ms(200) == 2000  # 200 sessions at 100/s
+    assert fast.moved_window_ms(200) == 100  # the floor: a few clients come back at once
+    assert slow.moved_window_ms(10_000) == 5000  # the ceiling
 
 
 def test_ownership_check(store, clock):

@@ -12,8 +12,9 @@ from websockets.asyncio.client import connect
 from websockets.exceptions import ConnectionClosed, InvalidStatus
 
 from backend.apps.counter import CounterApp
+from backend.config import BackendConfig
 from backend.load import LoadMeter
-from backend.node import Node, NodeConfig
+from backend.node import Node
 from backend.server import BackendServer
 from backend.store import SQLiteStore
 from clientlib.kernel.routing import static_table
@@ -24,7 +25,7 @@ pytestmark = pytest.mark.timeout(20)
 @contextlib.asynccontextmanager
 async def server(tmp_path, node_id: str = "n1"):
     store = SQLiteStore(tmp_path / "s.db")
-    node = Node(CounterApp(), store, LoadMeter(1e6), NodeConfig(node_id=node_id))
+    node = Node(CounterApp(), store, LoadMeter(1e6), BackendConfig(node_id=node_id))
     srv = BackendServer(node, max_message=64 * 1024)
     await srv.start("127.0.0.1", 0)
     try:

@@ -12,8 +12,9 @@ import pytest
 from websockets.asyncio.server import ServerConnection, serve
 
 from backend.apps.counter import CounterApp
+from backend.config import BackendConfig
 from backend.load import LoadMeter
-from backend.node import Node, NodeConfig
+from backend.node import Node
 from backend.server import BackendServer
 from backend.store import SQLiteStore
 from clientlib import (
@@ -35,7 +36,7 @@ pytestmark = pytest.mark.timeout(30)
 @contextlib.asynccontextmanager
 async def backend(tmp_path, **cfg: Any):
     store = SQLiteStore(tmp_path / "s.db")
-    node = Node(CounterApp(), store, LoadMeter(1e6), NodeConfig(**cfg))
+    node = Node(CounterApp(), store, LoadMeter(1e6), BackendConfig(**cfg))
     srv = BackendServer(node)
     await srv.start("127.0.0.1", 0)
     try:
