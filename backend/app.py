@@ -11,6 +11,12 @@ from __future__ import annotations
 from collections.abc import Callable
 from typing import Any, Protocol
 
+__all__ = [
+    "App",
+    "KeyContext",
+    "SessionHandle",
+]
+
 
 class SessionHandle(Protocol):
     """What an app sees of one client session."""

@@ -14,6 +14,10 @@ from typing import Any
 
 from clientlib.kernel.control_protocol import LoadReport
 
+__all__ = [
+    "LoadMeter",
+]
+
 
 @dataclass(slots=True)
 class LoadMeter:

@@ -32,6 +32,14 @@ from clientlib.kernel.session_protocol import (
     Welcome,
 )
 
+__all__ = [
+    "ActiveKey",
+    "Node",
+    "NotOwner",
+    "Session",
+    "Wire",
+]
+
 log = structlog.get_logger("backend.node")
 
 

@@ -18,6 +18,7 @@ from websockets.protocol import State
 
 from backend.node import Node, NotOwner, Session
 from clientlib.kernel.replay import due_frames
+from clientlib.kernel.routing import MAX_KEY_LEN
 from clientlib.kernel.session_protocol import (
     Ack,
     CloseCode,
@@ -27,6 +28,15 @@ from clientlib.kernel.session_protocol import (
     decode,
     encode,
 )
+
+__all__ = [
+    "FAST_WRITE_LIMIT",
+    "HELLO_TIMEOUT_S",
+    "MAX_HELD",
+    "BackendServer",
+    "WsWire",
+    "route_of",
+]
 
 log = structlog.get_logger("backend.server")
 
@@ -38,7 +48,6 @@ MAX_HELD = 4096
 # Below this many bytes buffered for a connection, replies are framed and written
 # without a drain (nothing to wait for); above it, send() applies its flow control.
 FAST_WRITE_LIMIT = 32 * 1024
-MAX_KEY_LEN = 256
 
 
 class WsWire:

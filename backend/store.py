@@ -15,6 +15,12 @@ import time
 from pathlib import Path
 from typing import Protocol
 
+__all__ = [
+    "SQLiteStore",
+    "StaleEpoch",
+    "StateStore",
+]
+
 
 class StaleEpoch(Exception):
     """A write was fenced off: the store holds a newer epoch for this key."""

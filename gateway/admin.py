@@ -18,6 +18,12 @@ from prometheus_client import CONTENT_TYPE_LATEST, generate_latest
 
 from gateway.relay import RELAY
 
+__all__ = [
+    "AdminAPI",
+    "Handler",
+    "bearer_ok",
+]
+
 if TYPE_CHECKING:
     from gateway.controlplane.controller import Controller
     from gateway.server import Gateway
@@ -74,8 +80,8 @@ class AdminAPI:
         await self.runner.setup()
         site = web.TCPSite(self.runner, host, port, reuse_address=True)
         await site.start()
-        sockets = getattr(site._server, "sockets", None) or []
-        return int(sockets[0].getsockname()[1]) if sockets else port
+        addresses = self.runner.addresses
+        return int(addresses[0][1]) if addresses else port
 
     async def close(self) -> None:
         if self.runner is not None:

@@ -14,6 +14,12 @@ import jwt
 
 from gateway.handshake import HandshakeError
 
+__all__ = [
+    "TokenVerifier",
+    "key_allowed",
+    "make_token",
+]
+
 
 class TokenVerifier:
     def __init__(self, secret: str, *, leeway_s: float = 5.0):

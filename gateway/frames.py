@@ -10,6 +10,12 @@ from __future__ import annotations
 
 import struct
 
+__all__ = [
+    "OP_CLOSE",
+    "FrameTracker",
+    "close_frame",
+]
+
 _U16 = struct.Struct("!H")
 _U64 = struct.Struct("!Q")
 

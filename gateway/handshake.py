@@ -15,7 +15,18 @@ from urllib.parse import parse_qs, urlsplit
 
 import h11
 
-MAX_KEY_LEN = 256
+from clientlib.kernel.routing import MAX_KEY_LEN
+
+__all__ = [
+    "BackendAnswer",
+    "HandshakeError",
+    "Upgrade",
+    "UpgradeParser",
+    "forward_request",
+    "http_response",
+    "read_answer",
+    "switching_protocols",
+]
 
 
 class HandshakeError(Exception):

@@ -4,6 +4,10 @@ from __future__ import annotations
 
 from prometheus_client import CollectorRegistry, Counter, Gauge
 
+__all__ = [
+    "GatewayMetrics",
+]
+
 
 class GatewayMetrics:
     def __init__(self) -> None:

@@ -13,6 +13,11 @@ from typing import Any, Protocol
 from clientlib.kernel.routing import Route, SlotTable, fallback_routes, static_table
 from clientlib.kernel.settings import parse_hostport
 
+__all__ = [
+    "RouteSource",
+    "StaticDirectory",
+]
+
 
 class RouteSource(Protocol):
     def route(self, key: str) -> Route | None: ...

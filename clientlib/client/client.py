@@ -49,6 +49,13 @@ from clientlib.kernel.session_protocol import (
     encode,
 )
 
+__all__ = [
+    "Client",
+    "ClientStats",
+    "Event",
+    "EventKind",
+]
+
 EventKind = Literal["connected", "disconnected", "moved", "resumed", "not_resumed", "stopped"]
 
 
@@ -386,9 +393,8 @@ class Client:
     def _renumber(self) -> None:
         old = self._outbox
         new = Outbox(max_count=old.max_count, max_bytes=old.max_bytes)
-        mapping: dict[int, int] = {}
-        for p in list(old._items):
-            mapping[p.seq] = new.push(p.data_json)
+        first = old.acked + 1
+        mapping = {first + i: new.push(data) for i, data in enumerate(old.unacked())}
         self._outbox = new
         self._waiters = deque((mapping[s], f) for s, f in self._waiters if s in mapping)
 

@@ -12,6 +12,17 @@ ClientError
 
 from __future__ import annotations
 
+__all__ = [
+    "ClientClosed",
+    "ClientError",
+    "HandshakeRefused",
+    "SendBufferFull",
+    "ServerProtocolError",
+    "StartTimeout",
+    "TerminalClose",
+    "Unauthorized",
+]
+
 
 class ClientError(Exception):
     """Base of every exception the client library raises."""

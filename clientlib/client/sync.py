@@ -14,6 +14,10 @@ from typing import Any, TypeVar
 
 from clientlib.client.client import Client, ClientStats
 
+__all__ = [
+    "SyncClient",
+]
+
 T = TypeVar("T")
 
 

@@ -6,6 +6,11 @@ from dataclasses import dataclass
 
 from clientlib.kernel.session_protocol import Action, CloseHint
 
+__all__ = [
+    "BackoffPolicy",
+    "reconnect_delay",
+]
+
 
 @dataclass(frozen=True, slots=True)
 class BackoffPolicy:

@@ -8,6 +8,10 @@ import sys
 import orjson
 import structlog
 
+__all__ = [
+    "configure_logging",
+]
+
 
 def configure_logging(level: str = "info", *, json: bool | None = None) -> None:
     """Configure structlog once at a binary's entry point.

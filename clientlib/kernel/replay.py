@@ -22,6 +22,15 @@ import orjson
 
 from clientlib.kernel.session_protocol import Ack, ProtocolError, encode, encode_msg_raw
 
+__all__ = [
+    "Inbox",
+    "Outbox",
+    "OutboxFull",
+    "Pending",
+    "due_frames",
+    "dumps",
+]
+
 
 class OutboxFull(Exception):
     """The outbox holds as many unacked messages (or bytes) as it may."""
@@ -83,6 +92,10 @@ class Outbox:
         if upto > self.acked:
             self.acked = upto
         return released
+
+    def unacked(self) -> list[bytes]:
+        """The data of every message not yet acknowledged, oldest first."""
+        return [p.data_json for p in self._items]
 
     def frames(self, ack: int) -> list[bytes]:
         """Every unacked message as an encoded envelope, for a resend after reconnect."""

@@ -16,6 +16,26 @@ from typing import Any, Final, TypeAlias
 
 import orjson
 
+__all__ = [
+    "CLOSE_ACTIONS",
+    "MAX_CLOSE_REASON",
+    "MAX_SEQ",
+    "MAX_SID_LEN",
+    "Ack",
+    "Action",
+    "CloseCode",
+    "CloseHint",
+    "Envelope",
+    "Hello",
+    "Msg",
+    "ProtocolError",
+    "Welcome",
+    "close_action",
+    "decode",
+    "encode",
+    "encode_msg_raw",
+]
+
 #: Largest sequence number; JSON integers beyond 2**53 lose precision in many languages.
 MAX_SEQ: Final = 2**53 - 1
 #: Session ids are opaque printable strings of bounded length.

@@ -23,6 +23,11 @@ from clientlib.kernel.control_protocol import LoadReport
 from clientlib.kernel.routing import NUM_SLOTS, Route, SlotTable, Unit
 from gateway.controlplane.planner import NodeLoad
 
+__all__ = [
+    "EmbeddedDirectory",
+    "NodeEntry",
+]
+
 log = structlog.get_logger("gateway.route_source")
 
 

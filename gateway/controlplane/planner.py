@@ -23,6 +23,16 @@ from dataclasses import dataclass, field
 
 from clientlib.kernel.routing import SlotTable, Unit
 
+__all__ = [
+    "Move",
+    "NodeLoad",
+    "Plan",
+    "PlannerConfig",
+    "PlannerState",
+    "imbalance",
+    "plan",
+]
+
 
 @dataclass(frozen=True, slots=True)
 class NodeLoad:
