@@ -6,6 +6,7 @@ import argparse
 import asyncio
 import contextlib
 import signal
+import ssl
 import sys
 import time
 from typing import Any
@@ -15,6 +16,7 @@ import uvloop
 
 from backend.apps import APPS
 from backend.config import BackendConfig
+from backend.control_agent import ControlAgent
 from backend.control_client import ControlClient, LoopProbe
 from backend.load import LoadMeter
 from backend.node import Node
@@ -52,9 +54,19 @@ async def serve(cfg: BackendConfig) -> None:
     store = SQLiteStore(cfg.store)
     meter = LoadMeter(cfg.capacity, high=cfg.high_water, low=cfg.low_water)
     node = Node(app, store, meter, cfg)
-    server = BackendServer(node, max_message=cfg.max_message)
+    server = BackendServer(
+        node,
+        max_message=cfg.max_message,
+        credential=cfg.credential,
+        direct=cfg.direct,
+        node_held_bytes=cfg.node_held_bytes,
+    )
     host, port = parse_hostport(cfg.listen, "listen")
-    await server.start(host, port)
+    tls = None
+    if cfg.tls_cert and cfg.tls_key:
+        tls = ssl.create_default_context(ssl.Purpose.CLIENT_AUTH)
+        tls.load_cert_chain(cfg.tls_cert, cfg.tls_key)
+    await server.start(host, port, tls=tls)
     log.info(
         "backend_listening",
         app=cfg.app,
@@ -62,43 +74,44 @@ async def serve(cfg: BackendConfig) -> None:
         address=f"{host}:{server.port}",
         durability=cfg.durability,
         capacity=cfg.capacity,
+        direct=cfg.direct,
     )
     probe = LoopProbe()
     probe.start()
     control: ControlClient | None = None
+    loop = asyncio.get_running_loop()
     tasks: list[asyncio.Task[Any]] = []
     if cfg.control:
-        assert cfg.control_secret is not None
-        control = ControlClient(
+        assert cfg.credential is not None
+        agent = ControlAgent(
             node,
-            cfg.control,
-            cfg.control_secret,
-            advertise=cfg.advertise or f"{host}:{server.port}",
-            loop_probe=probe,
+            meter,
+            advertise=parse_hostport(cfg.advertise or f"{host}:{server.port}", "advertise"),
+            probe=probe.read,
         )
-        tasks.append(asyncio.get_running_loop().create_task(control.run()))
+        control_tls = ssl.create_default_context(cafile=cfg.ca_file) if cfg.ca_file else None
+        control = ControlClient(agent, cfg.control, cfg.credential, tls=control_tls)
+        tasks.append(loop.create_task(control.run()))
 
     async def housekeeping() -> None:
         while True:
             await asyncio.sleep(1.0)
             node.sweep(time.monotonic())
+            server.sweep()
 
-    tasks.append(asyncio.get_running_loop().create_task(housekeeping()))
+    tasks.append(loop.create_task(housekeeping()))
     stop = asyncio.Event()
-    loop = asyncio.get_running_loop()
     for sig in (signal.SIGTERM, signal.SIGINT):
         loop.add_signal_handler(sig, stop.set)
     await stop.wait()
-    # Graceful exit: freeze and flush everything, let the control plane reassign it,
-    # then tell clients to reconnect (to the new owners) spread over a window.
+    # Graceful exit: freeze and write everything, let the control plane reassign it (the
+    # table that follows closes each session with 4000 and a window), then close the rest.
     log.info("backend_stopping", keys=len(node.keys), sessions=node.session_count)
-    for ak in node.keys.values():
-        ak.frozen = True
-    node.flush_all()
+    node.stop()
     handed_off = await control.leave() if control is not None else False
     hint = CloseHint(window_ms=node.moved_window_ms(node.session_count)).encode()
-    code = CloseCode.MOVED if handed_off else CloseCode.SERVICE_RESTART
-    await server.close_all(code, hint)
+    node.close_all(CloseCode.MOVED if handed_off else CloseCode.SERVICE_RESTART, hint)
+    await server.close_all(CloseCode.MOVED if handed_off else CloseCode.SERVICE_RESTART, hint)
     for t in tasks:
         t.cancel()
     with contextlib.suppress(Exception):

@@ -8,7 +8,7 @@ state with the key when the control plane reassigns it.
 
 from __future__ import annotations
 
-from collections.abc import Callable
+from collections.abc import Callable, Mapping
 from typing import Any, Protocol
 
 __all__ = [
@@ -26,14 +26,30 @@ class SessionHandle(Protocol):
 
 
 class KeyContext:
-    """One active key: its state, its sessions, and how to talk to them."""
+    """One active key: its state, its sessions, and how to talk to them.
 
-    __slots__ = ("_send", "key", "sessions", "state")
+    ``sessions`` are the sessions connected right now; ``members`` also holds
+    those that are between connections and may still resume (within the
+    backend's ``session_ttl_s``). A broadcast goes to every member: what a
+    member misses while it reconnects (after a move, say) is in its replay
+    buffer and reaches it when it resumes, exactly once, in order.
+    """
 
-    def __init__(self, key: str, state: Any, send: Callable[[SessionHandle, Any], None]):
+    __slots__ = ("_send", "key", "members", "sessions", "state")
+
+    def __init__(
+        self,
+        key: str,
+        state: Any,
+        send: Callable[[SessionHandle, Any], None],
+        members: Mapping[str, SessionHandle] | None = None,
+    ):
         self.key = key
         self.state = state
         self.sessions: dict[str, SessionHandle] = {}
+        self.members: Mapping[str, SessionHandle] = (
+            members if members is not None else self.sessions
+        )
         self._send = send
 
     def send(self, session: SessionHandle, data: Any) -> None:
@@ -41,8 +57,8 @@ class KeyContext:
         self._send(session, data)
 
     def broadcast(self, data: Any, *, exclude: SessionHandle | None = None) -> None:
-        """Queue ``data`` to every session of this key."""
-        for s in list(self.sessions.values()):
+        """Queue ``data`` to every member of this key, connected or resuming."""
+        for s in list(self.members.values()):
             if s is not exclude:
                 self._send(s, data)
 

@@ -32,7 +32,16 @@ class BackendConfig:
     durability: Durability = setting("handoff", "handoff | checkpoint | write-through")
     checkpoint_s: float = setting(5.0, "checkpoint mode: changed keys are written this often")
     control: str | None = setting(None, "control endpoint, ws://HOST:PORT/v1/control")
-    control_secret: str | None = setting(None, "shared secret for the control endpoint")
+    credential: str | None = setting(
+        None, "this node's credential (python -m gateway credential NODE_ID)", flag=False
+    )
+    direct: bool = setting(
+        False, "serve upgrades no gateway vouched for (development only: any client, any key)"
+    )
+    tls_cert: str | None = setting(None, "PEM certificate: serve the gateway hop over TLS")
+    tls_key: str | None = setting(None, "PEM private key for tls_cert")
+    ca_file: str | None = setting(None, "CA bundle to verify a wss:// control endpoint")
+    node_held_bytes: int = setting(64 << 20, "input held unprocessed, all connections together")
     replay_max_count: int = setting(1024, "replay buffer per session: messages")
     replay_max_bytes: int = setting(1 << 20, "replay buffer per session: bytes")
     max_message: int = setting(1 << 20, "largest client message (close 1009)")
@@ -59,8 +68,20 @@ class BackendConfig:
             raise ConfigError("config: capacity must be > 0 (messages/s)")
         if not 0 < self.low_water < self.high_water:
             raise ConfigError("config: need 0 < low_water < high_water")
-        if self.control and not self.control_secret:
-            raise ConfigError("config: control needs control_secret")
+        if self.control and not self.credential:
+            raise ConfigError(
+                "config: control needs this node's credential (BACKEND_CREDENTIAL; "
+                "print it with: python -m gateway credential NODE_ID)"
+            )
+        if not self.control and not self.direct:
+            raise ConfigError(
+                "config: without control, a backend serves clients directly: say --direct on "
+                "(development only), or give --control and the node's credential"
+            )
+        if (self.tls_cert is None) != (self.tls_key is None):
+            raise ConfigError("config: tls_cert and tls_key go together")
+        if self.node_held_bytes < self.max_message:
+            raise ConfigError("config: node_held_bytes must be at least max_message")
         if self.replay_max_count < 1 or self.replay_max_bytes < 1024:
             raise ConfigError("config: replay_max_count >= 1 and replay_max_bytes >= 1024")
         for name in ("checkpoint_s", "session_ttl_s", "key_idle_s"):

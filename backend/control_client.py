@@ -1,62 +1,69 @@
-"""The backend's side of the control plane: register, lease, load reports, release orders."""
+"""The backend's control session: an asyncio shell around :class:`ControlAgent`.
+
+One WebSocket to the control plane (``/v1/control`` on a gateway's admin port),
+authenticated with this node's own credential. Reconnects with jittered backoff;
+every message is decoded at the door with the kernel's control codec.
+"""
 
 from __future__ import annotations
 
 import asyncio
 import contextlib
 import random
+import ssl
 import time
-from typing import assert_never
 
 import structlog
 from websockets.asyncio.client import ClientConnection, connect
 from websockets.exceptions import ConnectionClosed, InvalidHandshake, InvalidStatus
 
-from backend.node import Node
+from backend.control_agent import ControlAgent
 from clientlib.kernel import control_protocol as cp
 from clientlib.kernel.backoff import BackoffPolicy, reconnect_delay
 from clientlib.kernel.session_protocol import Action, CloseHint, ProtocolError
-from clientlib.kernel.settings import parse_hostport
 
 __all__ = ["ControlClient", "LoopProbe"]
 
 log = structlog.get_logger("backend.control_client")
 
+TICK_S = 0.1
+REFUSED_RETRY_S = 1.0
+
 
 class ControlClient:
     def __init__(
         self,
-        node: Node,
+        agent: ControlAgent,
         url: str,
-        secret: str,
+        credential: str,
         *,
-        advertise: str,
-        report_interval: float = 1.0,
-        loop_probe: LoopProbe | None = None,
+        tls: ssl.SSLContext | None = None,
     ):
-        self.node = node
+        self.agent = agent
         self.url = url
-        self.secret = secret
-        self.advertise = parse_hostport(advertise, "advertise")
-        self.report_interval = report_interval
-        self.probe = loop_probe or LoopProbe()
+        self.credential = credential
+        self.tls = tls
         self.ws: ClientConnection | None = None
         self.registered = asyncio.Event()
         self._left = asyncio.Event()
-        self.leaving = False
 
     async def run(self) -> None:
         attempt = 0
         policy = BackoffPolicy(base=0.1, cap=2.0)
+        node_id = self.agent.node.node_id
         while True:
             try:
                 async with connect(
                     self.url,
-                    additional_headers={"Authorization": f"Bearer {self.secret}"},
+                    additional_headers={
+                        "Authorization": f"Bearer {self.credential}",
+                        "X-Node-Id": node_id,
+                    },
                     open_timeout=5,
                     max_size=16 << 20,
                     ping_interval=5,
                     ping_timeout=5,
+                    ssl=self.tls if self.url.startswith("wss:") else None,
                 ) as ws:
                     self.ws = ws
                     attempt = 0
@@ -66,33 +73,27 @@ class ControlClient:
                     log.error(
                         "control_refused",
                         status=exc.response.status_code,
-                        hint="check control_secret",
+                        hint="check this node's credential (python -m gateway credential NODE_ID)",
                     )
             except (OSError, TimeoutError, InvalidHandshake, ConnectionClosed):
                 pass
             finally:
                 self.ws = None
                 self.registered.clear()
-            if self.leaving:
+            if self.agent.leaving:
                 self._left.set()
                 return
             delay = reconnect_delay(policy, attempt, Action.RECONNECT, CloseHint(), random.random())
             attempt += 1
+            if self.agent.refused is not None:
+                delay = REFUSED_RETRY_S  # another process holds our id: wait for its lease
             await asyncio.sleep(delay or 0.1)
 
     async def _session(self, ws: ClientConnection) -> None:
-        node = self.node
-        await ws.send(
-            cp.encode(
-                cp.Register(
-                    node.config.node_id,
-                    self.advertise,
-                    node.meter.capacity,
-                    node.owned_units(),
-                )
-            )
-        )
-        reporter = asyncio.get_running_loop().create_task(self._report(ws))
+        agent = self.agent
+        for m in agent.connected(time.monotonic()):
+            await ws.send(cp.encode(m))
+        ticker = asyncio.get_running_loop().create_task(self._tick(ws))
         try:
             async for raw in ws:
                 try:
@@ -101,62 +102,35 @@ class ControlClient:
                     # Refused at the door: a bad order changes nothing here.
                     log.error("control_message_refused", error=str(exc))
                     continue
-                self._handle(ws, msg)
+                for answer in agent.received(time.monotonic(), msg):
+                    await ws.send(cp.encode(answer))
+                if agent.registered:
+                    self.registered.set()
+                if agent.left:
+                    self._left.set()
+                if agent.refused is not None:
+                    return  # the plane closes the session; try again after a backoff
         finally:
-            reporter.cancel()
+            ticker.cancel()
             with contextlib.suppress(asyncio.CancelledError):
-                await reporter
+                await ticker
 
-    def _handle(self, ws: ClientConnection, msg: cp.ControlMessage) -> None:
-        node = self.node
-        match msg:
-            case cp.TableUpdate(table):
-                node.view = table
-                self.registered.set()
-            case cp.Release(move, units, epoch):
-                flushed = node.release(list(units), epoch)
-                log.info("release", move=move, units=len(units), first=units[:4], flushed=flushed)
-                self._send(ws, cp.Released(move, flushed))
-            case cp.Commit(move, units):
-                closed = node.commit_release(list(units))
-                log.info("release_committed", move=move, sessions_closed=closed)
-            case cp.Abort(move, units):
-                node.abort_release(list(units))
-                log.info("release_aborted", move=move)
-            case cp.Left():
-                self._left.set()
-            case cp.ControlError(error):
-                log.error("control_error", error=error)
-            case cp.Register() | cp.Report() | cp.Released() | cp.Leave():
-                log.error("control_message_refused", error=f"{type(msg).__name__} is for the plane")
-            case _:
-                assert_never(msg)
-
-    def _send(self, ws: ClientConnection, msg: cp.ControlMessage) -> None:
-        asyncio.get_running_loop().create_task(self._send_quiet(ws, cp.encode(msg)))
-
-    @staticmethod
-    async def _send_quiet(ws: ClientConnection, data: bytes) -> None:
+    async def _tick(self, ws: ClientConnection) -> None:
         with contextlib.suppress(ConnectionClosed):
-            await ws.send(data)
-
-    async def _report(self, ws: ClientConnection) -> None:
-        while True:
-            lag, busy = self.probe.read()
-            rep = self.node.meter.report(
-                time.monotonic(), sessions=self.node.session_count, loop_lag_ms=lag, busy=busy
-            )
-            await ws.send(cp.encode(cp.Report(rep)))
-            await asyncio.sleep(self.report_interval)
+            while True:
+                for m in self.agent.tick(time.monotonic()):
+                    await ws.send(cp.encode(m))
+                await asyncio.sleep(TICK_S)
 
     async def leave(self, timeout: float = 5.0) -> bool:
         """Ask the control plane to reassign everything here; True once it confirmed."""
-        self.leaving = True
+        msgs = self.agent.leave()
         ws = self.ws
         if ws is None:
             return False
         with contextlib.suppress(ConnectionClosed):
-            await ws.send(cp.encode(cp.Leave(self.node.config.node_id)))
+            for m in msgs:
+                await ws.send(cp.encode(m))
         try:
             await asyncio.wait_for(self._left.wait(), timeout)
             return True

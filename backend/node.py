@@ -1,17 +1,38 @@
-"""The framework core of one backend node: keys, sessions, persistence, handoff.
+"""The framework core of one backend node: keys, sessions, persistence, handoff. Sans-I/O.
 
 The node owns the in-memory state of the keys routed to it. Everything here
-runs on the event loop, one call at a time, so handlers of one key never
-race. Sockets are not touched: a session talks to its connection through a
-:class:`Wire` (the server module supplies a websockets-backed one).
+runs on one event loop, one call at a time, so handlers of one key never race.
+Sockets are not touched: a session talks to its connection through a
+:class:`Wire`; the clock is injected.
+
+**The serving rule.** The node serves key ``k`` (activates it, processes and
+acknowledges its messages) only while all of these hold:
+
+1. its lease is valid (the control plane renewed it recently; a standalone node
+   in development mode has no lease);
+2. it owns ``k``'s unit at an epoch ``E``: its table says so, or the gateway
+   vouched for it with a signed claim at an epoch newer than the table's;
+3. it has not handed ``k``'s unit off at ``E`` or later (a released unit is
+   served again only when the table gives it back at a newer epoch);
+4. the store accepts ``E`` (it holds no newer epoch for ``k``, nor another
+   owner's record at ``E``).
+
+A move is table-driven: ``release`` freezes the units (every key of them, in
+memory or not) and flushes the keys in memory *for the new owner* at the new
+epoch; the table update that follows is the commit (the unit is someone
+else's: sessions close with 4000 "moved") or the abort (the unit comes back at
+a newer epoch: frozen sessions resume where they stopped, their held messages
+are processed in order). Nothing is frozen without an end: if neither comes,
+the lease runs out and the node stops serving everything.
 """
 
 from __future__ import annotations
 
 import secrets
 import time
-from collections.abc import Callable, Iterable
+from collections.abc import Callable
 from dataclasses import dataclass, field
+from enum import Enum
 from typing import Any, Protocol
 
 import orjson
@@ -20,25 +41,18 @@ import structlog
 from backend.app import App, KeyContext, SessionHandle
 from backend.config import BackendConfig
 from backend.load import LoadMeter
-from backend.store import StaleEpoch, StateStore
+from backend.store import StaleEpoch, StateStore, StoreError
 from clientlib.kernel.replay import Inbox, Outbox, OutboxFull
-from clientlib.kernel.routing import SlotTable, slot_of
+from clientlib.kernel.routing import SlotTable, Unit, slot_of
 from clientlib.kernel.session_protocol import (
     CloseCode,
     CloseHint,
     Hello,
     Msg,
-    ProtocolError,
     Welcome,
 )
 
-__all__ = [
-    "ActiveKey",
-    "Node",
-    "NotOwner",
-    "Session",
-    "Wire",
-]
+__all__ = ["ActiveKey", "Node", "NotOwner", "Persisted", "Session", "Wire"]
 
 log = structlog.get_logger("backend.node")
 
@@ -47,14 +61,20 @@ class Wire(Protocol):
     """A session's live connection, as the node needs it."""
 
     def wake(self) -> None:
-        """Frames are waiting in the session's outbox (or an ack is due)."""
+        """Frames are waiting in the session's outbox (or an ack, or held input, is due)."""
 
     def close(self, code: int, reason: str) -> None:
         """Close the connection with a code from the protocol's table."""
 
 
 class NotOwner(Exception):
-    """This node does not (or no longer) own the key at the epoch asked for."""
+    """This node does not (or no longer) serve the key at the epoch asked for."""
+
+
+class Persisted(Enum):
+    OK = "ok"
+    FENCED = "fenced"  # a newer owner exists
+    FAILED = "failed"  # the store could not write; nothing is known to be lost yet
 
 
 @dataclass(eq=False, slots=True)
@@ -76,9 +96,9 @@ class Session:
 class ActiveKey:
     ctx: KeyContext
     slot: int
-    epoch: int
-    sessions: dict[str, Session] = field(default_factory=dict)
-    frozen: bool = False  # being handed off: messages are not processed (nor acked)
+    epoch: int  # the epoch this node serves (and writes) the key at
+    sessions: dict[str, Session] = field(default_factory=dict)  # every resumable session
+    frozen: bool = False  # handed off or stopping: messages are held, neither processed nor acked
     dirty: bool = False
     idle_since: float | None = None
 
@@ -97,9 +117,16 @@ class Node:
         self.store = store
         self.meter = meter
         self.config = config
+        self.node_id = config.node_id
         self.clock = clock
         self.keys: dict[str, ActiveKey] = {}
-        self.view: SlotTable | None = None  # None: standalone, owns every key
+        # None: standalone development mode, owns every key and needs no lease.
+        self.view: SlotTable | None = None
+        self.lease_until = float("inf")
+        self.released: dict[Unit, int] = {}  # unit → epoch it was handed off at
+        self.stopping = False
+        self.max_epoch_seen = 0
+        self.held_bytes = 0  # raw input held by all connections (the node-wide budget)
         self._last_checkpoint = clock()
         self.stats = {
             "messages": 0,
@@ -108,64 +135,151 @@ class Node:
             "not_resumed": 0,
             "send_queue_full": 0,
             "stale_writes": 0,
+            "store_errors": 0,
             "refused_not_owner": 0,
         }
 
     # ------------------------------------------------------------------ ownership
 
-    def check_owner(self, key: str, slot: int | None, epoch: int | None) -> int:
-        """Epoch to serve ``key`` at, or raise NotOwner (the server answers 421)."""
-        ak = self.keys.get(key)
-        if ak is not None and ak.frozen:
-            raise NotOwner(f"key {key!r} is being handed off")
+    def join_control_plane(self) -> None:
+        """From now on the node serves only under a lease and a table from the control plane."""
+        self.view = SlotTable.empty()
+        self.lease_until = float("-inf")
+
+    def serving(self, now: float | None = None) -> bool:
+        return not self.stopping and (self.clock() if now is None else now) < self.lease_until
+
+    def serving_epoch(self, key: str, claimed: int | None = None) -> int:
+        """Epoch to serve ``key`` at, or NotOwner. ``claimed``: the epoch of a route claim
+        for this node that the gateway signed (None: no valid claim)."""
+        if not self.serving():
+            raise NotOwner("not serving: no valid lease" if not self.stopping else "stopping")
         view = self.view
-        if view is None or epoch is None:
-            return epoch or 0
-        if slot is not None and slot != slot_of(key, view.num_slots):
-            raise NotOwner("slot header does not match the key")
+        if view is None:
+            return claimed or 0
         route = view.route(key)
-        if route is None:
-            raise NotOwner("no owner known")
-        if epoch > route.epoch:
-            return epoch  # the gateway's table is newer than ours: it routed here, trust it
-        if route.node != self.config.node_id or epoch < route.epoch:
-            raise NotOwner(f"owned by {route.node} at epoch {route.epoch}")
+        mine = route is not None and route.node == self.node_id
+        epoch = route.epoch if route is not None and mine else -1
+        if claimed is not None and (mine or route is None or claimed > route.epoch):
+            # The gateway's table is newer than ours (or agrees) and routed here.
+            epoch = max(epoch, claimed)
+        if epoch < 0:
+            owner = route.node if route is not None else None
+            raise NotOwner(f"owned by {owner} at epoch {route.epoch if route else 0}")
+        if self.released_epoch(key) >= epoch:
+            raise NotOwner("handed off")
         return epoch
+
+    def released_epoch(self, key: str) -> int:
+        """The highest epoch ``key``'s unit was handed off at (-1: never)."""
+        if not self.released:
+            return -1
+        rel = self.released.get(("key", key), -1)
+        view = self.view
+        if view is None or key not in view.overrides:
+            rel = max(rel, self.released.get(("slot", slot_of(key)), -1))
+        return rel
+
+    def set_view(self, table: SlotTable) -> None:
+        """A new table from the control plane: commit or abort moves, drop what is gone."""
+        self.view = table
+        me = self.node_id
+        moved: list[ActiveKey] = []
+        for key, ak in list(self.keys.items()):
+            route = table.route(key)
+            if route is not None and route.node == me:
+                if route.epoch > ak.epoch:
+                    ak.epoch = route.epoch  # a newer grant (an aborted move gives it back)
+                if ak.frozen and not self.stopping and self.released_epoch(key) < ak.epoch:
+                    self._thaw(ak)
+            elif ak.frozen:
+                moved.append(ak)  # handed off and committed: its state is with the new owner
+            else:
+                # Taken away without a handoff (this node was presumed dead): keep what
+                # the store still accepts, then send the clients to the new owner.
+                self.persist(ak)
+                self._drop(ak, CloseCode.NOT_OWNER, "")
+        if moved:
+            sessions = sum(1 for ak in moved for s in ak.sessions.values() if s.wire is not None)
+            hint = CloseHint(window_ms=self.moved_window_ms(sessions)).encode()
+            for ak in moved:
+                self._drop(ak, CloseCode.MOVED, hint)
+        for unit, epoch in list(self.released.items()):
+            if table.holder(unit)[1] > epoch:
+                del self.released[unit]  # the table has moved past it: it decides from here
+
+    def grant_lease(self, until: float) -> None:
+        if until > self.lease_until:
+            self.lease_until = until
+
+    def lease_lost(self) -> None:
+        """The control plane has not renewed the lease: stop serving before it reassigns.
+
+        Whatever is in memory is written first (at this node's epochs: the store
+        refuses it if a new owner already wrote), so a control-plane outage loses
+        nothing in any durability mode.
+        """
+        self.lease_until = float("-inf")
+        if not self.keys:
+            return
+        log.warning("lease_lost", keys=len(self.keys))
+        hint = CloseHint(window_ms=1000).encode()
+        for ak in list(self.keys.values()):
+            ak.frozen = True
+            self.persist(ak)
+            self._drop(ak, CloseCode.SERVICE_RESTART, hint)
 
     # ------------------------------------------------------------------ keys
 
     def activate(self, key: str, epoch: int) -> ActiveKey:
         ak = self.keys.get(key)
         if ak is not None:
+            if ak.frozen:
+                raise NotOwner(f"key {key!r} is being handed off")
             if epoch > ak.epoch:
                 ak.epoch = epoch
             return ak
-        loaded = self.store.load(key)
+        # The one place a key comes to life: the serving rule is checked here again, since
+        # a release or a lost lease may fall between an upgrade's check and its hello.
+        if not self.serving():
+            raise NotOwner("not serving")
+        if self.released_epoch(key) >= epoch:
+            raise NotOwner(f"key {key!r} was handed off")
+        try:
+            loaded = self.store.load(key)
+        except StoreError as exc:
+            self.stats["store_errors"] += 1
+            raise NotOwner(f"state store unavailable: {exc}") from None
         state: Any = None
         sessions: dict[str, Any] = {}
         if loaded is not None:
-            stored_epoch, blob = loaded
-            if stored_epoch > epoch:
+            self.max_epoch_seen = max(self.max_epoch_seen, loaded.epoch)
+            if loaded.epoch > epoch or (
+                loaded.epoch == epoch and loaded.owner not in ("", self.node_id)
+            ):
                 self.stats["refused_not_owner"] += 1
-                raise NotOwner(f"store holds epoch {stored_epoch} > {epoch}")
-            obj = orjson.loads(blob)
+                raise NotOwner(f"store holds epoch {loaded.epoch} of {loaded.owner!r}")
+            obj = orjson.loads(loaded.blob)
             state = self.app.load_state(key, obj["state"])
             sessions = obj.get("sessions", {})
         else:
             state = self.app.initial_state(key)
-        ak = ActiveKey(KeyContext(key, state, self._send), slot_of(key), epoch)
+        members: dict[str, Session] = {}
+        ak = ActiveKey(KeyContext(key, state, self._send, members), slot_of(key), epoch, members)
         for sid, s in sessions.items():
             out = Outbox.from_state(
                 s["out"],
                 max_count=self.config.replay_max_count,
                 max_bytes=self.config.replay_max_bytes,
             )
-            ak.sessions[sid] = Session(sid, key, out, Inbox(int(s["in"])), detached_at=self.clock())
+            members[sid] = Session(sid, key, out, Inbox(int(s["in"])), detached_at=self.clock())
         self.keys[key] = ak
         return ak
 
-    def persist(self, ak: ActiveKey, epoch: int | None = None) -> bool:
-        """Write a key's state and sessions; False if a newer owner fenced us off."""
+    def persist(
+        self, ak: ActiveKey, epoch: int | None = None, owner: str | None = None
+    ) -> Persisted:
+        """Write a key's state and sessions at ``epoch`` for ``owner`` (default: its own)."""
         blob = orjson.dumps(
             {
                 "state": self.app.dump_state(ak.ctx.state),
@@ -173,30 +287,38 @@ class Node:
             }
         )
         try:
-            self.store.save(ak.ctx.key, ak.epoch if epoch is None else epoch, blob)
+            self.store.save(
+                ak.ctx.key, ak.epoch if epoch is None else epoch, owner or self.node_id, blob
+            )
         except StaleEpoch as exc:
             self.stats["stale_writes"] += 1
             log.warning("stale_write", key=ak.ctx.key, epoch=exc.epoch, stored=exc.stored)
-            return False
+            return Persisted.FENCED
+        except StoreError as exc:
+            self.stats["store_errors"] += 1
+            log.error("store_write_failed", key=ak.ctx.key, error=str(exc))
+            return Persisted.FAILED
         ak.dirty = False
-        return True
+        return Persisted.OK
 
     # ------------------------------------------------------------------ sessions
 
     def attach(self, key: str, epoch: int, hello: Hello, wire: Wire) -> tuple[Session, Welcome]:
         ak = self.activate(key, epoch)
-        if ak.frozen:
-            raise NotOwner(f"key {key!r} is being handed off")
         resumed = False
         session = ak.sessions.get(hello.sid) if hello.sid else None
         if session is not None:
-            try:
-                session.outbox.ack(hello.last)
-                resumed = True
-            except ProtocolError:
-                # The client saw more than we kept (state lost in a crash): cannot resume.
+            if (
+                hello.ack > session.inbox.last  # we processed less than we once acknowledged
+                or hello.last < session.outbox.acked  # the client lost what it acknowledged
+                or hello.last > session.outbox.last_seq  # the client saw more than we kept
+            ):
+                # State was lost (a crash in a mode that had not saved it): cannot resume.
                 del ak.sessions[session.sid]
                 session = None
+            else:
+                session.outbox.ack(hello.last)
+                resumed = True
         if session is None:
             session = Session(
                 secrets.token_urlsafe(12),
@@ -218,12 +340,14 @@ class Node:
         ak.ctx.sessions[session.sid] = session
         self.app.on_join(ak.ctx, session, resumed)
         ak.dirty = True
-        if self.config.durability == "write-through":
-            self.persist(ak)
+        if self.config.durability == "write-through" and self.persist(ak) is not Persisted.OK:
+            self._drop(ak, CloseCode.INTERNAL_ERROR, "")
+            raise NotOwner("could not write the new session")
         wire.wake()
         return session, Welcome(session.sid, resumed, session.inbox.last)
 
     def detach(self, session: Session, wire: Wire) -> None:
+        """The connection ended; the session stays resumable for ``session_ttl_s``."""
         if session.wire is not wire:
             return  # already replaced by a newer connection of the same session
         session.wire = None
@@ -237,16 +361,29 @@ class Node:
         if not ak.ctx.sessions:
             ak.idle_since = self.clock()
 
-    def receive(self, session: Session, msg: Msg) -> None:
-        """A msg envelope from a session's client. ProtocolError for a bad ack or seq."""
-        session.outbox.ack(msg.ack)
-        self.process(session, msg)
+    def end(self, session: Session, wire: Wire) -> None:
+        """The client closed with 1000: the session is over and is forgotten."""
+        self.detach(session, wire)
+        ak = self.keys.get(session.key)
+        if ak is not None and ak.sessions.get(session.sid) is session:
+            del ak.sessions[session.sid]
+            ak.dirty = True
 
-    def process(self, session: Session, msg: Msg) -> None:
-        """Deliver a msg whose ack was already applied (the server's hot path)."""
+    def can_process(self, session: Session) -> bool:
+        """True if the session's next message may be processed now (else it is held)."""
         ak = self.keys.get(session.key)
         if ak is None or ak.frozen:
-            return  # not processed, so not acked: the client resends it to the new owner
+            return False
+        if self.clock() >= self.lease_until:
+            self.lease_lost()
+            return False
+        out = session.outbox
+        # Below half the replay buffer: room for replies to more input.
+        return len(out) * 2 < out.max_count and out.bytes * 2 < out.max_bytes
+
+    def process(self, session: Session, msg: Msg) -> None:
+        """Deliver a msg (its ack already applied) after :meth:`can_process` said yes."""
+        ak = self.keys[session.key]
         if not session.inbox.accept(msg.seq):
             self.stats["duplicates"] += 1
             return
@@ -255,19 +392,29 @@ class Node:
         self.meter.record(session.key, ak.slot, time.perf_counter() - t0)
         self.stats["messages"] += 1
         ak.dirty = True
-        if self.config.durability == "write-through" and not self.persist(ak):
-            self._lose_key(ak)
-            return
+        if self.config.durability == "write-through":
+            result = self.persist(ak)
+            if result is Persisted.FENCED:
+                self._drop(ak, CloseCode.NOT_OWNER, "")
+                return
+            if result is Persisted.FAILED:
+                # Not written, so not acknowledged: forget the in-memory change (the key
+                # reloads from the store) and let the client resend.
+                self._drop(ak, CloseCode.INTERNAL_ERROR, "")
+                return
         if session.wire is not None:
             session.wire.wake()
 
-    @staticmethod
-    def has_room(session: Session) -> bool:
-        """Below half the replay buffer: room for replies to more input."""
-        out = session.outbox
-        return len(out) * 2 < out.max_count and out.bytes * 2 < out.max_bytes
+    def receive(self, session: Session, msg: Msg) -> bool:
+        """Apply a msg's ack and process it if it may be; False: the caller holds it."""
+        session.outbox.ack(msg.ack)
+        if not self.can_process(session):
+            return False
+        self.process(session, msg)
+        return True
 
-    def receive_ack(self, session: Session, upto: int) -> None:
+    @staticmethod
+    def receive_ack(session: Session, upto: int) -> None:
         session.outbox.ack(upto)
 
     def _send(self, handle: SessionHandle, data: Any) -> None:
@@ -290,45 +437,70 @@ class Node:
         if session.wire is not None:
             session.wire.wake()
 
-    def _lose_key(self, ak: ActiveKey) -> None:
-        """A newer owner exists: drop the key and send its clients there."""
-        self.keys.pop(ak.ctx.key, None)
+    def _drop(self, ak: ActiveKey, code: int, reason: str) -> None:
+        """Forget a key (its clients reconnect: to the new owner, or to reload it)."""
+        if self.keys.get(ak.ctx.key) is ak:
+            del self.keys[ak.ctx.key]
         self.meter.forget(ak.ctx.key)
         for s in ak.sessions.values():
             if s.wire is not None:
-                s.wire.close(CloseCode.NOT_OWNER, "")
+                s.wire.close(code, reason)
+
+    def _thaw(self, ak: ActiveKey) -> None:
+        ak.frozen = False
+        for s in ak.sessions.values():
+            if s.wire is not None:
+                s.wire.wake()  # held input is processed now, in order
 
     # ------------------------------------------------------------------ handoff
 
-    def keys_of(self, units: Iterable[tuple[str, int | str]]) -> list[ActiveKey]:
-        slots = {u for kind, u in units if kind == "slot"}
-        names = {u for kind, u in units if kind == "key"}
-        return [ak for k, ak in self.keys.items() if ak.slot in slots or k in names]
+    def keys_in(self, units: list[Unit]) -> list[ActiveKey]:
+        """The active keys of these units (a slot's keys that have their own unit excluded)."""
+        slots = {int(u) for kind, u in units if kind == "slot"}
+        names = {str(u) for kind, u in units if kind == "key"}
+        overrides = self.view.overrides if self.view is not None else {}
+        return [
+            ak
+            for k, ak in self.keys.items()
+            if k in names or (ak.slot in slots and k not in overrides)
+        ]
 
-    def release(self, units: list[tuple[str, int | str]], epoch: int) -> int:
-        """Step 1 of a move: freeze the units' keys and flush them at the new epoch."""
-        flushed = 0
-        for ak in self.keys_of(units):
+    def release(self, epoch: int, targets: list[tuple[Unit, str]]) -> tuple[int, str]:
+        """Step 1 of a move: freeze the units (no key of them activates from now on) and
+        write their keys in memory at ``epoch`` for their new owners. Idempotent.
+        Returns (keys flushed, error: empty when every write succeeded)."""
+        flushed, errors = 0, []
+        for unit, dst in targets:
+            if self.released.get(unit, 0) < epoch:
+                self.released[unit] = epoch
+            for ak in self.keys_in([unit]):
+                ak.frozen = True
+                result = self.persist(ak, epoch, dst)
+                if result is Persisted.OK:
+                    flushed += 1
+                else:
+                    errors.append(f"{ak.ctx.key}: {result.value}")
+        return flushed, "; ".join(errors)[:200]
+
+    def stop(self) -> int:
+        """SIGTERM: serve nothing new, freeze every key and write it. Returns keys written."""
+        self.stopping = True
+        written = 0
+        for ak in self.keys.values():
             ak.frozen = True
-            ak.epoch = max(ak.epoch, epoch)
-            if self.persist(ak, epoch):
-                flushed += 1
-        return flushed
+            if self.persist(ak) is Persisted.OK:
+                written += 1
+        return written
 
-    def commit_release(self, units: list[tuple[str, int | str]]) -> int:
-        """Step 3: the new owner is committed; close the sessions with "moved"."""
-        moved = self.keys_of(units)
-        sessions = sum(1 for ak in moved for s in ak.sessions.values() if s.wire is not None)
-        hint = CloseHint(window_ms=self.moved_window_ms(sessions)).encode()
-        closed = 0
-        for ak in moved:
-            self.keys.pop(ak.ctx.key, None)
-            self.meter.forget(ak.ctx.key)
+    def close_all(self, code: int, reason: str) -> int:
+        """Close every live session (shutdown); returns how many."""
+        n = 0
+        for ak in list(self.keys.values()):
             for s in ak.sessions.values():
                 if s.wire is not None:
-                    s.wire.close(CloseCode.MOVED, hint)
-                    closed += 1
-        return closed
+                    s.wire.close(code, reason)
+                    n += 1
+        return n
 
     def moved_window_ms(self, sessions: int) -> int:
         """Spread reconnects so they arrive at most ``reconnect_rate`` per second, within
@@ -337,19 +509,13 @@ class Node:
         want = sessions * 1000 // max(cfg.reconnect_rate, 1)
         return int(min(max(want, 100), cfg.moved_window_ms))
 
-    def abort_release(self, units: list[tuple[str, int | str]]) -> None:
-        """The move failed: keep the units (at the epoch they were flushed with)."""
-        for ak in self.keys_of(units):
-            ak.frozen = False
-            for s in ak.sessions.values():
-                if s.wire is not None:
-                    s.wire.wake()
-
     # ------------------------------------------------------------------ housekeeping
 
     def sweep(self, now: float) -> None:
         """Expire detached sessions, checkpoint, and drop idle keys (called every second)."""
         cfg = self.config
+        if self.view is not None and self.keys and now >= self.lease_until:
+            self.lease_lost()
         checkpoint = cfg.durability == "checkpoint" and now - self._last_checkpoint >= (
             cfg.checkpoint_s
         )
@@ -366,23 +532,26 @@ class Node:
                 ):
                     del ak.sessions[sid]
                     ak.dirty = True
-            if ak.dirty and checkpoint:
-                self.persist(ak)
+            if ak.dirty and checkpoint and self.persist(ak) is Persisted.FENCED:
+                self._drop(ak, CloseCode.NOT_OWNER, "")
+                continue
             if (
                 not ak.ctx.sessions
                 and ak.idle_since is not None
                 and now - ak.idle_since > cfg.key_idle_s
-            ) and (not ak.dirty or self.persist(ak)):
-                del self.keys[key]
+            ):
+                result = self.persist(ak) if ak.dirty else Persisted.OK
+                if result is not Persisted.FAILED:
+                    del self.keys[key]
+                    self.meter.forget(key)
 
-    def flush_all(self) -> None:
-        for ak in list(self.keys.values()):
-            self.persist(ak)
+    def flush_all(self) -> int:
+        return sum(1 for ak in list(self.keys.values()) if self.persist(ak) is Persisted.OK)
 
     @property
     def session_count(self) -> int:
         return sum(len(ak.ctx.sessions) for ak in self.keys.values())
 
     def owned_units(self) -> dict[str, int]:
-        """Keys active here with their epochs (reported when re-registering)."""
+        """Keys active here with their epochs (reported when registering)."""
         return {k: ak.epoch for k, ak in self.keys.items()}

@@ -1,11 +1,20 @@
-"""The backend's WebSocket server: a thin websockets shell around :class:`Node`."""
+"""The backend's WebSocket server: a thin websockets shell around :class:`SessionConn`.
+
+An upgrade is served only if a gateway vouched for it: ``X-Route-Proof`` signs
+the key, slot, epoch and this node's id with this node's credential (see
+:mod:`clientlib.kernel.credentials`). Without one it gets ``403``, unless the
+node runs in ``direct`` mode (development: any client may connect with
+``?key=``). Then the node's serving rule decides (``421`` if it does not serve
+the key at that epoch; the gateway re-routes).
+"""
 
 from __future__ import annotations
 
 import asyncio
 import contextlib
+import ssl
+import time
 import weakref
-from collections import deque
 from http import HTTPStatus
 from urllib.parse import parse_qs, urlsplit
 
@@ -16,98 +25,91 @@ from websockets.exceptions import ConnectionClosed
 from websockets.http11 import Request, Response
 from websockets.protocol import State
 
-from backend.node import Node, NotOwner, Session
-from clientlib.kernel.replay import due_frames
-from clientlib.kernel.routing import MAX_KEY_LEN
-from clientlib.kernel.session_protocol import (
-    Ack,
-    CloseCode,
-    Hello,
-    Msg,
-    ProtocolError,
-    decode,
-    encode,
-)
+from backend.node import Node, NotOwner
+from backend.session_conn import SessionConn
+from clientlib.kernel.credentials import unquote_key, verify_claim
+from clientlib.kernel.routing import MAX_KEY_LEN, slot_of
+from clientlib.kernel.session_protocol import CloseCode
 
-__all__ = [
-    "FAST_WRITE_LIMIT",
-    "HELLO_TIMEOUT_S",
-    "MAX_HELD",
-    "BackendServer",
-    "WsWire",
-    "route_of",
-]
+__all__ = ["FAST_WRITE_LIMIT", "HELLO_TIMEOUT_S", "BackendServer", "Route", "route_of"]
 
 log = structlog.get_logger("backend.server")
 
 HELLO_TIMEOUT_S = 10.0
-# Messages read but held while a session's outbox is above half full. Reading
-# never stops (acks arrive on the same stream); the client's own window of
-# unacked messages (default 1024) keeps this small.
-MAX_HELD = 4096
 # Below this many bytes buffered for a connection, replies are framed and written
 # without a drain (nothing to wait for); above it, send() applies its flow control.
 FAST_WRITE_LIMIT = 32 * 1024
+# A connection whose unread output passes this is cut (a client flooding pings and
+# never reading makes websockets queue pongs outside send()'s flow control).
+MAX_WRITE_BUFFER = 4 << 20
 
 
-class WsWire:
-    """Connects a :class:`Session` to one websockets connection."""
+class Route:
+    """What an upgrade asks for, from the gateway's headers (or ``?key=`` when direct)."""
 
-    __slots__ = ("closing", "conn", "deferred", "event", "lock")
+    __slots__ = ("epoch", "key", "proof", "slot")
 
-    def __init__(self, conn: ServerConnection):
-        self.conn = conn
-        self.event = asyncio.Event()
-        self.lock = asyncio.Lock()  # one flush at a time keeps frames in seq order
-        self.closing = False
-        self.deferred = False  # the reader is processing input and flushes right after
-
-    def wake(self) -> None:
-        if not self.deferred:
-            self.event.set()
-
-    def close(self, code: int, reason: str) -> None:
-        if not self.closing:
-            self.closing = True
-            asyncio.get_running_loop().create_task(self.conn.close(code, reason))
+    def __init__(self, key: str, slot: int | None, epoch: int | None, proof: str | None):
+        self.key, self.slot, self.epoch, self.proof = key, slot, epoch, proof
 
 
-def route_of(path: str, headers: Headers) -> tuple[str, int | None, int | None]:
-    """(key, slot, epoch) from the gateway's headers, else from ``?key=``. ValueError if bad."""
-    key = headers.get("X-Route-Key")
-    if key is None:
+def route_of(path: str, headers: Headers) -> Route:
+    """The route an upgrade asks for. ValueError if it is malformed."""
+    raw = headers.get("X-Route-Key")
+    if raw is not None:
+        key = unquote_key(raw)
+    else:
         keys = parse_qs(urlsplit(path).query).get("key")
-        key = keys[0] if keys else None
+        key = keys[0] if keys else ""
     if not key or len(key) > MAX_KEY_LEN or not key.isprintable():
         raise ValueError("missing or invalid routing key (use ?key=…)")
     slot = headers.get("X-Route-Slot")
     epoch = headers.get("X-Route-Epoch")
-    return key, int(slot) if slot else None, int(epoch) if epoch else None
+    return Route(
+        key,
+        int(slot) if slot else None,
+        int(epoch) if epoch else None,
+        headers.get("X-Route-Proof"),
+    )
 
 
 class BackendServer:
-    def __init__(self, node: Node, *, max_message: int = 1 << 20):
+    def __init__(
+        self,
+        node: Node,
+        *,
+        max_message: int = 1 << 20,
+        credential: str | None = None,
+        direct: bool = True,
+        node_held_bytes: int = 64 << 20,
+    ):
         self.node = node
         self.max_message = max_message
-        # Route checked at upgrade, read by the handler; weak so a handshake that fails
+        self.credential = credential
+        self.direct = direct
+        self.node_held_bytes = node_held_bytes
+        # Epoch checked at upgrade, read by the handler; weak so a handshake that fails
         # after process_request leaves nothing behind.
         self._routes: weakref.WeakKeyDictionary[ServerConnection, tuple[str, int]] = (
             weakref.WeakKeyDictionary()
         )
         self.server: Server | None = None
-        self.conns: set[ServerConnection] = set()
+        self.conns: dict[ServerConnection, SessionConn] = {}
+        self.refused = {"unvouched": 0, "not_owner": 0, "bad_request": 0}
 
-    async def start(self, host: str, port: int) -> Server:
+    async def start(self, host: str, port: int, *, tls: ssl.SSLContext | None = None) -> Server:
         self.server = await serve(
             self._handle,
             host,
             port,
             process_request=self._process_request,
             max_size=self.max_message,
+            max_queue=4,  # frames websockets buffers before we read them (we always read)
             ping_interval=20,
             ping_timeout=20,
             close_timeout=5,
             server_header=None,
+            ssl=tls,
         )
         return self.server
 
@@ -120,116 +122,107 @@ class BackendServer:
         if request.path == "/healthz":
             return conn.respond(HTTPStatus.OK, "ok\n")
         try:
-            key, slot, epoch = route_of(request.path, request.headers)
+            route = route_of(request.path, request.headers)
         except ValueError as exc:
+            self.refused["bad_request"] += 1
             return conn.respond(HTTPStatus.BAD_REQUEST, f"{exc}\n")
+        claimed: int | None = None
+        if route.proof is not None and self.credential is not None:
+            if route.slot != slot_of(route.key) or route.epoch is None:
+                self.refused["unvouched"] += 1
+                return conn.respond(HTTPStatus.FORBIDDEN, "route headers do not match\n")
+            claim = verify_claim(
+                self.credential,
+                key=route.key,
+                slot=route.slot,
+                epoch=route.epoch,
+                node=self.node.node_id,
+                proof=route.proof,
+                now_ms=int(time.time() * 1000),
+            )
+            if claim is None:
+                self.refused["unvouched"] += 1
+                return conn.respond(HTTPStatus.FORBIDDEN, "route proof refused\n")
+            claimed = claim.epoch
+        elif not self.direct:
+            self.refused["unvouched"] += 1
+            return conn.respond(
+                HTTPStatus.FORBIDDEN, "this backend serves only what a gateway vouches for\n"
+            )
         try:
-            epoch_ok = self.node.check_owner(key, slot, epoch)
+            epoch = self.node.serving_epoch(route.key, claimed)
         except NotOwner as exc:
+            self.refused["not_owner"] += 1
             self.node.stats["refused_not_owner"] += 1
             return conn.respond(HTTPStatus.MISDIRECTED_REQUEST, f"not the owner: {exc}\n")
-        self._routes[conn] = (key, epoch_ok)
+        self._routes[conn] = (route.key, epoch)
         return None
 
-    async def _handle(self, conn: ServerConnection) -> None:
-        key, epoch = self._routes.pop(conn)
-        self.conns.add(conn)
+    async def _handle(self, ws: ServerConnection) -> None:
+        key, epoch = self._routes.pop(ws)
         # Bound once per connection: every log line of this session carries them.
         with structlog.contextvars.bound_contextvars(
-            conn_id=conn.id.hex[:12], key=key, node=self.node.config.node_id
+            conn_id=ws.id.hex[:12], key=key, node=self.node.node_id
         ):
-            try:
-                await self._session(conn, key, epoch)
-            finally:
-                self.conns.discard(conn)
+            await self._session(ws, key, epoch)
 
-    async def _session(self, conn: ServerConnection, key: str, epoch: int) -> None:
-        node = self.node
+    async def _session(self, ws: ServerConnection, key: str, epoch: int) -> None:
+        wake = asyncio.Event()
+        lock = asyncio.Lock()  # one flush at a time keeps frames in seq order
+        conn = SessionConn(
+            self.node,
+            key,
+            epoch,
+            wake.set,
+            max_held_bytes=self.max_message,
+            node_held_bytes=self.node_held_bytes,
+        )
+        self.conns[ws] = conn
+        writer = asyncio.get_running_loop().create_task(self._writer(ws, conn, wake, lock))
         try:
-            first = await asyncio.wait_for(conn.recv(decode=False), HELLO_TIMEOUT_S)
-            hello = decode(first)
-            if not isinstance(hello, Hello):
-                raise ProtocolError("first envelope must be hello")
-        except (ProtocolError, TimeoutError):
-            await conn.close(CloseCode.SESSION_PROTOCOL_VIOLATION, "")
-            return
-        except ConnectionClosed:
-            return
-        wire = WsWire(conn)
-        try:
-            session, welcome = node.attach(key, epoch, hello, wire)
-        except NotOwner:
-            await conn.close(CloseCode.NOT_OWNER, "")
-            return
-        writer = asyncio.get_running_loop().create_task(self._writer(conn, session, wire))
-        try:
-            await conn.send(encode(welcome), text=True)
-            wire.wake()
-            held: deque[Msg] = deque()  # read but not processed: the outbox is too full
-            while True:
-                env = decode(await conn.recv(decode=False))
-                if type(env) is Msg:
-                    node.receive_ack(session, env.ack)
-                    if not held and node.has_room(session):  # the common case
-                        wire.deferred = True
-                        try:
-                            node.process(session, env)
-                        finally:
-                            wire.deferred = False
-                    else:
-                        held.append(env)
-                elif type(env) is Ack:
-                    node.receive_ack(session, env.ack)
-                else:
-                    raise ProtocolError("unexpected envelope after hello")
-                # Back-pressure: a client that does not ack our replies gets its own
-                # input processed no faster than it takes the output.
-                wire.deferred = True
-                try:
-                    while held and node.has_room(session):
-                        node.process(session, held.popleft())
-                finally:
-                    wire.deferred = False
-                if len(held) > MAX_HELD:
-                    # Beyond any sane client window: a client ignoring its own limit.
-                    wire.close(CloseCode.SLOW_CONSUMER, "")
-                    return
+            conn.receive(await asyncio.wait_for(ws.recv(), HELLO_TIMEOUT_S))
+            while conn.closing is None:
                 # Reply from this task when nobody is writing: no hop through the writer.
-                if wire.lock.locked():
-                    wire.event.set()
-                elif not wire.closing:
-                    async with wire.lock:
-                        await self._flush(conn, session)
-        except ProtocolError as exc:
-            log.info("session_protocol_violation", error=str(exc))
-            wire.close(CloseCode.SESSION_PROTOCOL_VIOLATION, "")
+                if lock.locked():
+                    wake.set()
+                else:
+                    async with lock:
+                        await self._flush(ws, conn)
+                if conn.closing is not None:
+                    break
+                conn.receive(await ws.recv())
+        except TimeoutError:
+            conn.close(CloseCode.SESSION_PROTOCOL_VIOLATION, "")
         except ConnectionClosed:
             pass
         finally:
             writer.cancel()
             with contextlib.suppress(asyncio.CancelledError):
                 await writer
-            node.detach(session, wire)
+            if conn.closing is not None and ws.state is State.OPEN:
+                await ws.close(*conn.closing)
+            rcvd = ws.protocol.close_rcvd
+            conn.closed(rcvd.code if rcvd is not None else None)
+            del self.conns[ws]
 
-    async def _writer(self, conn: ServerConnection, session: Session, wire: WsWire) -> None:
-        """Write what the session's outbox holds beyond what this connection has seen."""
+    async def _writer(
+        self, ws: ServerConnection, conn: SessionConn, wake: asyncio.Event, lock: asyncio.Lock
+    ) -> None:
+        """Write what the node queued for this connection while the reader waits for input."""
         with contextlib.suppress(ConnectionClosed):
             while True:
-                await wire.event.wait()
-                wire.event.clear()
-                if wire.closing:
+                await wake.wait()
+                wake.clear()
+                async with lock:
+                    await self._flush(ws, conn)
+                if conn.closing is not None:
+                    await ws.close(*conn.closing)
                     return
-                async with wire.lock:
-                    await self._flush(conn, session)
 
     @staticmethod
-    async def _flush(conn: ServerConnection, session: Session) -> None:
-        """Send the outbox beyond what this connection has seen, or a standalone ack."""
-        frames, session.written, session.ack_sent = due_frames(
-            session.outbox, session.written, session.inbox.last, session.ack_sent
-        )
-        proto, transport = conn.protocol, conn.transport
-        for f in frames:
+    async def _flush(ws: ServerConnection, conn: SessionConn) -> None:
+        proto, transport = ws.protocol, ws.transport
+        for f in conn.frames_due():
             if proto.state is State.OPEN and transport.get_write_buffer_size() < FAST_WRITE_LIMIT:
                 # Through websockets' sans-I/O layer straight to the socket: the same
                 # framing as send(), without its per-call flow-control machinery.
@@ -237,9 +230,17 @@ class BackendServer:
                 for data in proto.data_to_send():
                     transport.write(data)
             else:
-                await conn.send(f, text=True)
+                await ws.send(f, text=True)
+
+    def sweep(self) -> None:
+        """Once a second: cut connections whose unread output grew past its bound."""
+        for ws in list(self.conns):
+            transport = ws.transport
+            if transport is not None and transport.get_write_buffer_size() > MAX_WRITE_BUFFER:
+                log.warning("write_buffer_exceeded", bytes=transport.get_write_buffer_size())
+                transport.abort()
 
     async def close_all(self, code: int, reason: str = "") -> None:
         await asyncio.gather(
-            *(c.close(code, reason) for c in list(self.conns)), return_exceptions=True
+            *(ws.close(code, reason) for ws in list(self.conns)), return_exceptions=True
         )

@@ -10,6 +10,7 @@ import sys
 import structlog
 import uvloop
 
+from clientlib.kernel.credentials import node_credential
 from clientlib.kernel.logsetup import configure_logging
 from clientlib.kernel.settings import (
     ConfigError,
@@ -20,6 +21,7 @@ from clientlib.kernel.settings import (
 from gateway.admin import AdminAPI
 from gateway.config import GatewayConfig
 from gateway.controlplane.controller import Controller
+from gateway.controlplane.core import CoreConfig
 from gateway.controlplane.directory import EmbeddedDirectory
 from gateway.route_source import RouteSource, StaticDirectory
 from gateway.server import Gateway
@@ -34,8 +36,9 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
         "backend and splices bytes. Fronts static backends, or backends that "
         "register with its embedded control plane. Every setting is also read from "
         "GATEWAY_<NAME> and from the --config TOML file (keys are the setting names).",
-        epilog="example: python -m gateway --listen 127.0.0.1:9000 "
-        "--static-backend 127.0.0.1:9101 --static-backend 127.0.0.1:9102",
+        epilog="examples: python -m gateway --listen 127.0.0.1:9000 "
+        "--static-backend 127.0.0.1:9101 --static-backend 127.0.0.1:9102  |  "
+        "GATEWAY_CONTROL_SECRET=… python -m gateway credential NODE_ID (a backend's credential)",
     )
     p.add_argument("--config", help="TOML file with gateway settings")
     add_setting_flags(p, GatewayConfig, "GATEWAY_")
@@ -59,8 +62,11 @@ async def serve(cfg: GatewayConfig) -> None:
     controller = None
     if edir is not None:
         assert cfg.control_secret is not None
-        controller = Controller(edir, cfg.control_secret, gw.metrics, rebalance=cfg.rebalance)
+        controller = Controller(
+            edir, cfg.control_secret, gw.metrics, config=CoreConfig(rebalance=cfg.rebalance)
+        )
         gw.admission = controller.admission
+        gw.credential_of = controller.endpoint.credential
         controller.start()
     admin = AdminAPI(gw, controller)
     ahost, aport = parse_hostport(cfg.admin_listen, "admin_listen")
@@ -80,7 +86,39 @@ async def serve(cfg: GatewayConfig) -> None:
     await gw.close()
 
 
+def credential_main(argv: list[str]) -> None:
+    """``python -m gateway credential NODE_ID``: print a backend's credential."""
+    p = argparse.ArgumentParser(
+        prog="python -m gateway credential",
+        description="Print the credential of one backend node, derived from the control "
+        "secret (flag, GATEWAY_CONTROL_SECRET or the --config file). Give it to that "
+        "backend only (BACKEND_CREDENTIAL): it lets a process register as that node.",
+    )
+    p.add_argument("node_id")
+    p.add_argument("--config", help="TOML file with gateway settings")
+    p.add_argument("--control-secret", dest="control_secret")
+    args = p.parse_args(argv)
+    try:
+        cfg = build_config(
+            GatewayConfig,
+            file=args.config,
+            env_prefix="GATEWAY_",
+            flags={"control_secret": args.control_secret},
+        )
+    except (ConfigError, ValueError) as exc:
+        print(f"gateway: {exc}", file=sys.stderr)
+        raise SystemExit(2) from None
+    if not cfg.control_secret:
+        print("gateway: credential needs the control secret", file=sys.stderr)
+        raise SystemExit(2)
+    print(node_credential(cfg.control_secret, args.node_id))
+
+
 def main(argv: list[str] | None = None) -> None:
+    argv = sys.argv[1:] if argv is None else argv
+    if argv[:1] == ["credential"]:
+        credential_main(argv[1:])
+        return
     args = parse_args(argv)
     flags = {k: v for k, v in vars(args).items() if k != "config"}
     try:

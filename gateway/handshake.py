@@ -11,10 +11,11 @@ import base64
 import binascii
 from dataclasses import dataclass
 from http import HTTPStatus
-from urllib.parse import parse_qs, urlsplit
+from urllib.parse import parse_qs, quote, urlsplit
 
 import h11
 
+from clientlib.kernel.credentials import quote_key
 from clientlib.kernel.routing import MAX_KEY_LEN
 
 __all__ = [
@@ -104,7 +105,12 @@ class UpgradeParser:
     def _validate(self, req: h11.Request) -> Upgrade:
         if req.method != b"GET":
             raise HandshakeError(405, "WebSocket upgrades use GET", (("Allow", "GET"),))
-        target = req.target.decode("latin-1")
+        # RFC 3986 targets are ASCII (keys percent-encoded as UTF-8); a client that sends
+        # raw UTF-8 is read as such rather than refused.
+        try:
+            target = req.target.decode("utf-8")
+        except UnicodeDecodeError:
+            target = req.target.decode("latin-1")
         parts = urlsplit(target)
         if not parts.path.startswith(self.path_prefix):
             raise HandshakeError(404, "no WebSocket endpoint at this path")
@@ -129,7 +135,10 @@ class UpgradeParser:
             raw = b""
         if len(raw) != 16:
             raise HandshakeError(400, "missing or invalid Sec-WebSocket-Key")
-        query = parse_qs(parts.query)
+        try:
+            query = parse_qs(parts.query, errors="strict")
+        except UnicodeDecodeError:
+            raise HandshakeError(400, "query is not valid percent-encoded UTF-8") from None
         key = query.get("key", [None])[0] or _text(h.get(self.key_header))
         if not key:
             if self.require_key:
@@ -154,6 +163,7 @@ _OWN_HEADERS = frozenset(
         b"x-route-key",
         b"x-route-slot",
         b"x-route-epoch",
+        b"x-route-proof",
         b"x-forwarded-for",
         b"x-request-id",
         b"authorization",
@@ -162,20 +172,37 @@ _OWN_HEADERS = frozenset(
 
 
 def forward_request(
-    up: Upgrade, *, key: str, slot: int, epoch: int, client_ip: str, request_id: str
+    up: Upgrade,
+    *,
+    key: str,
+    slot: int,
+    epoch: int,
+    client_ip: str,
+    request_id: str,
+    proof: str | None = None,
 ) -> tuple[h11.Connection, bytes]:
-    """The upgrade to send to a backend, and the h11 connection to read its answer with."""
+    """The upgrade to send to a backend, and the h11 connection to read its answer with.
+
+    The key travels percent-encoded (headers are ASCII; keys may be any script);
+    ``proof`` is the gateway's signed route claim (``X-Route-Proof``)."""
     headers = [(n, v) for n, v in up.headers if n not in _OWN_HEADERS]
     headers += [
-        (b"x-route-key", key.encode()),
+        (b"x-route-key", quote_key(key).encode()),
         (b"x-route-slot", str(slot).encode()),
         (b"x-route-epoch", str(epoch).encode()),
         (b"x-forwarded-for", client_ip.encode()),
         (b"x-request-id", request_id.encode()),
     ]
+    if proof is not None:
+        headers.append((b"x-route-proof", proof.encode()))
+    target = up.target if up.target.isascii() else quote(up.target, safe=_URI_CHARS)
     conn = h11.Connection(h11.CLIENT, max_incomplete_event_size=16384)
-    data = conn.send(h11.Request(method="GET", target=up.target, headers=headers))
+    data = conn.send(h11.Request(method="GET", target=target, headers=headers))
     return conn, data or b""
+
+
+# Characters a request target may carry as they are (RFC 3986 reserved + unreserved + %).
+_URI_CHARS = "/?#[]@!$&'()*+,;=-._~%:"
 
 
 @dataclass(frozen=True, slots=True)

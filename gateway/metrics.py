@@ -33,6 +33,9 @@ class GatewayMetrics:
         )
         self.frames = Counter("gateway_frames", "Frames relayed, by direction", ["dir"], registry=r)
         self.bytes = Counter("gateway_bytes", "Bytes relayed, by direction", ["dir"], registry=r)
+        self.routes_cut = Counter(
+            "gateway_routes_cut", "Relays cut: their node no longer owns the key", registry=r
+        )
         self.connections = Gauge("gateway_connections", "Open client connections", registry=r)
         self.admission_closed = Gauge(
             "gateway_admission_closed", "1 while new upgrades are shed", registry=r

@@ -34,6 +34,9 @@ class RouteSource(Protocol):
     def view(self) -> dict[str, Any]:
         """JSON view for the admin API."""
 
+    def version(self) -> int:
+        """Changes whenever any route changes."""
+
 
 class StaticDirectory:
     """A fixed list of plain WebSocket servers, hashed consistently (rendezvous)."""
@@ -54,6 +57,9 @@ class StaticDirectory:
 
     def retry_after(self, node: str) -> int | None:
         return None
+
+    def version(self) -> int:
+        return 0
 
     def view(self) -> dict[str, Any]:
         counts: dict[str, int] = {}

@@ -13,6 +13,7 @@ from functools import partial
 
 import structlog
 
+from clientlib.kernel.credentials import RouteClaim, sign_claim
 from clientlib.kernel.session_protocol import CloseCode, CloseHint
 from clientlib.kernel.settings import parse_hostport
 from gateway.auth import TokenVerifier
@@ -27,6 +28,7 @@ __all__ = ["Gateway", "raise_fd_limit"]
 log = structlog.get_logger("gateway")
 
 FD_RESERVE = 64  # descriptors kept for listeners, logs, the store, the admin API
+ROUTE_GRACE_S = 3.0  # after a table change, relays to a node that lost their key are cut
 
 
 def raise_fd_limit() -> int:
@@ -72,6 +74,10 @@ class Gateway:
         self.drain_hint = CloseHint(window_ms=int(config.drain_window_s * 1000)).encode()
         # Set by the control plane: returns a Retry-After (seconds) while shedding, else None.
         self.admission: Callable[[], int | None] = lambda: None
+        # Set by the control plane: a node's credential, to sign the routes sent to it.
+        self.credential_of: Callable[[str], str] | None = None
+        self._route_version = -1
+        self._route_check_at = 0.0
         self.server: asyncio.Server | None = None
         self._sweeper: asyncio.Task[None] | None = None
         self.closed_event = asyncio.Event()
@@ -174,6 +180,12 @@ class Gateway:
             addr = self.directory.address(node)
             if addr is None:
                 raise HandshakeError(503, "backend unknown", (("Retry-After", "1"),))
+            proof = None
+            if self.credential_of is not None:
+                claim = RouteClaim(
+                    up.key, route.slot, route.epoch, node, int(time.time() * 1000), request_id
+                )
+                proof = sign_claim(self.credential_of(node), claim)
             conn, request = forward_request(
                 up,
                 key=up.key,
@@ -181,6 +193,7 @@ class Gateway:
                 epoch=route.epoch,
                 client_ip=client.peer_ip,
                 request_id=request_id,
+                proof=proof,
             )
             try:
                 _, proto = await asyncio.wait_for(
@@ -252,13 +265,40 @@ class Gateway:
         )
 
     async def _sweep(self) -> None:
-        """Once a second, each connection's own housekeeping (slow consumer, idle)."""
+        """Once a second, each connection's own housekeeping (slow consumer, idle), and
+        the route check after the table changed."""
         while True:
             await asyncio.sleep(1.0)
             now = time.monotonic()
             self.metrics.connections.set(len(self.conns))
             for c in list(self.conns):
                 c.tick(now)
+            self.check_routes(now)
+
+    def check_routes(self, now: float) -> int:
+        """Cut relays to a node that no longer owns their key (it died, or it is a zombie
+        that kept its sockets), ``ROUTE_GRACE_S`` after the table changed: by then a
+        live source has closed its moved sessions itself, with 4000 and a window."""
+        version = self.directory.version()
+        if version != self._route_version:
+            self._route_version = version
+            self._route_check_at = now + ROUTE_GRACE_S
+            return 0
+        if not self._route_check_at or now < self._route_check_at:
+            return 0
+        self._route_check_at = 0.0
+        cut = 0
+        for c in list(self.conns):
+            if c.state != RELAY:
+                continue
+            route = self.directory.route(c.key)
+            if route is None or route.node != c.node:
+                c.drain_close(CloseCode.NOT_OWNER, "")
+                cut += 1
+        if cut:
+            self.metrics.routes_cut.inc(cut)
+            log.warning("relays_cut", count=cut, reason="owner changed")
+        return cut
 
     async def drain(self) -> None:
         """Refuse new upgrades; close clients with 1001 in waves; return when empty or late."""

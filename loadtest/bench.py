@@ -488,6 +488,8 @@ def start_backend_system(name: str, work: Path) -> System:
                 f"127.0.0.1:{port}",
                 "--store",
                 str(work / "store.db"),
+                "--direct",
+                "on",
                 "--log-level",
                 "warning",
             ],

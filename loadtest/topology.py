@@ -18,6 +18,8 @@ from typing import IO, Any
 import aiohttp
 import orjson
 
+from clientlib.kernel.credentials import node_credential
+
 
 def free_port(host: str = "127.0.0.1") -> int:
     with socket.socket() as s:
@@ -30,12 +32,13 @@ class Proc:
     name: str
     args: list[str]
     log: Path
+    env: dict[str, str] = field(default_factory=dict)
     popen: subprocess.Popen[bytes] | None = None
     _fh: IO[bytes] | None = None
 
     def start(self) -> None:
         self._fh = self.log.open("ab")
-        env = {**os.environ, "PYTHONUNBUFFERED": "1"}
+        env = {**os.environ, "PYTHONUNBUFFERED": "1", **self.env}
         self.popen = subprocess.Popen(
             [sys.executable, *self.args],
             stdout=self._fh,
@@ -86,6 +89,7 @@ class Topology:
     nodes: dict[str, Proc] = field(default_factory=dict)
     node_ports: dict[str, int] = field(default_factory=dict)
     extra_gateway_args: list[str] = field(default_factory=list)
+    extra_backend_args: list[str] = field(default_factory=list)
 
     @property
     def url(self) -> str:
@@ -112,10 +116,6 @@ class Topology:
                 f"{self.host}:{self.gateway_port}",
                 "--admin-listen",
                 f"{self.host}:{self.admin_port}",
-                "--admin-token",
-                self.admin_token,
-                "--control-secret",
-                self.secret,
                 "--state-dir",
                 str(self.workdir / "gateway"),
                 "--rebalance",
@@ -123,6 +123,8 @@ class Topology:
                 *self.extra_gateway_args,
             ],
             self.workdir / "gateway.log",
+            # Secrets by environment: not visible in ps.
+            env={"GATEWAY_ADMIN_TOKEN": self.admin_token, "GATEWAY_CONTROL_SECRET": self.secret},
         )
         self.gateway.start()
 
@@ -147,10 +149,11 @@ class Topology:
                 self.durability,
                 "--control",
                 f"ws://{self.host}:{self.admin_port}/v1/control",
-                "--control-secret",
-                self.secret,
+                *self.extra_backend_args,
             ],
             self.workdir / f"{name}.log",
+            # The node's own credential, by environment (not visible in ps).
+            env={"BACKEND_CREDENTIAL": node_credential(self.secret, name)},
         )
         p.start()
         self.nodes[name] = p

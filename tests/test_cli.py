@@ -28,7 +28,9 @@ def test_help(mod):
         (["gateway", "--static-backend", "127.0.0.1:1", "--control-secret", "x"], "exclude"),
         (["backend", "echo", "--capacity", "-5"], "capacity"),
         (["backend", "echo", "--durability", "sometimes"], "durability"),
-        (["backend", "echo", "--control", "ws://x/v1/control"], "control_secret"),
+        (["backend", "echo", "--control", "ws://x/v1/control"], "credential"),
+        (["backend", "echo"], "--direct on"),
+        (["gateway", "credential", "node-1"], "control secret"),
         (["loadtest", "run", "--scenario", "nope"], "no scenario"),
         (["loadtest", "run", "--clients", "0"], "clients must be"),
     ],
@@ -47,3 +49,12 @@ def test_bad_toml_field_is_named(tmp_path):
     f.write_text('max_frame_bytes = "big"\nstatic_backend = ["127.0.0.1:1"]\n')
     p = run("gateway", "--config", str(f))
     assert p.returncode == 2 and "max_frame_bytes" in p.stderr
+
+
+def test_credential_command_derives_a_nodes_credential():
+    from clientlib.kernel.credentials import node_credential
+
+    p = run("gateway", "credential", "node-7", "--control-secret", "s3cret")
+    assert p.returncode == 0
+    assert p.stdout.strip() == node_credential("s3cret", "node-7")
+    assert p.stdout.strip() != node_credential("s3cret", "node-8")

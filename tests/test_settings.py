@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import argparse
 import ast
+import dataclasses
 import re
 from pathlib import Path
 
@@ -59,34 +60,42 @@ def test_every_setting_is_read_by_the_code(cls, prefix, doc, package):
     assert not unread, f"settings nothing reads: {unread}"
 
 
+# The least each program needs to start (a backend needs a control plane or direct mode).
+BASE = {GatewayConfig: {}, BackendConfig: {"direct": "on"}}
+
+
 @pytest.mark.parametrize("cls,prefix,doc,package", PROGRAMS)
 def test_every_setting_has_a_flag_an_env_var_and_a_toml_key(cls, prefix, doc, package, tmp_path):
     parser = argparse.ArgumentParser()
     add_setting_flags(parser, cls, prefix)
     flags = {a.dest for a in parser._actions}
+    no_flag = {f.name for f in dataclasses.fields(cls) if not f.metadata.get("flag", True)}
+    base = BASE[cls]
     for name, default, _ in setting_docs(cls):
-        if name == "app":
-            continue  # a positional argument of `python -m backend`
-        assert name in flags, name
-        if default in ("none", "[]", "required"):
+        assert (name in flags) != (name in no_flag), name
+        if default in ("none", "[]", "required", "") or name in base:
             continue
         value = {"on": "true", "off": "false"}.get(default, default)
-        env = {f"{prefix}{name.upper()}": value}
+        env = {f"{prefix}{k.upper()}": v for k, v in base.items()} | {
+            f"{prefix}{name.upper()}": value
+        }
         assert getattr(build_config(cls, env_prefix=prefix, environ=env), name) is not None
         good = tmp_path / f"{name}.toml"
-        good.write_text(f'{name} = "{value}"\n')
+        good.write_text("".join(f'{k} = "{v}"\n' for k, v in (base | {name: value}).items()))
         assert getattr(build_config(cls, file=good), name) is not None
-        if isinstance(getattr(cls(), name), list):
+        if isinstance(build_config(cls, flags=base).__dict__[name], list):
             continue
         bad = tmp_path / "bad.toml"
         bad.write_text(f'{name} = ["not", "this"]\n')
         with pytest.raises(ConfigError, match=name):
-            build_config(cls, file=bad)  # the error names the setting and the file
+            build_config(cls, file=bad, flags=base)  # the error names the setting and the file
 
 
 def test_checkpoint_and_reconnect_settings_reach_the_node():
     cfg = build_config(
-        BackendConfig, env_prefix="BACKEND_", flags={"checkpoint_s": "2.5", "reconnect_rate": "50"}
+        BackendConfig,
+        env_prefix="BACKEND_",
+        flags={"checkpoint_s": "2.5", "reconnect_rate": "50", "direct": "on"},
     )
     assert cfg.checkpoint_s == 2.5 and cfg.reconnect_rate == 50
     # (tests/backend/test_node.py shows what the node does with them)

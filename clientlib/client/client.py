@@ -34,14 +34,11 @@ from clientlib.client.errors import (
     Unauthorized,
 )
 from clientlib.kernel.backoff import BackoffPolicy, reconnect_delay
-from clientlib.kernel.replay import Inbox, Outbox, due_frames
+from clientlib.kernel.client_session import NOTHING, ClientSession, Joined
 from clientlib.kernel.session_protocol import (
-    Ack,
     Action,
     CloseCode,
     CloseHint,
-    Hello,
-    Msg,
     ProtocolError,
     Welcome,
     close_action,
@@ -131,24 +128,21 @@ class Client:
         self.max_message = max_message
         self.rand = rand
         self.stats = ClientStats()
-        self.sid: str | None = None
         self.resumed: bool | None = None  # the last welcome's flag
         self.events: asyncio.Queue[Event] = asyncio.Queue(maxsize=1000)
-        self._outbox = Outbox(max_count=max_pending, max_bytes=max_pending_bytes)
-        self._inbox = Inbox()
+        self._s = ClientSession(max_pending=max_pending, max_pending_bytes=max_pending_bytes)
         self._waiters: deque[tuple[int, asyncio.Future[None]]] = deque()
         self._recv: asyncio.Queue[Any] = asyncio.Queue(maxsize=recv_buffer)
         self._wake = asyncio.Event()
         self._room = asyncio.Event()
         self._up = asyncio.Event()
         self._ws: ClientConnection | None = None
-        self._written = 0
-        self._ack_sent = 0
         self._error: ClientError | None = None
         self._closing = False
         self._task: asyncio.Task[None] | None = None
         self._ack_timer: asyncio.TimerHandle | None = None
         self._lost_at: float | None = None  # when the last session's connection ended
+        self._acked_seen = 0  # the outbox's acked count already reported in stats
 
     # ------------------------------------------------------------------ public API
 
@@ -187,14 +181,14 @@ class Client:
         the buffer is full it waits, or raises :class:`SendBufferFull`.
         """
         data = orjson.dumps(obj)
-        while not self._outbox.has_room(len(data)):
+        while not self._s.outbox.has_room(len(data)):
             self._check_open()
             if self.on_full == "raise":
-                raise SendBufferFull(f"{len(self._outbox)} messages await an ack")
+                raise SendBufferFull(f"{len(self._s.outbox)} messages await an ack")
             self._room.clear()
             await self._room.wait()
         self._check_open()
-        seq = self._outbox.push(data)
+        seq: int = self._s.outbox.push(data)
         self.stats.sent += 1
         self._wake.set()
         if wait_ack:
@@ -227,7 +221,13 @@ class Client:
     @property
     def pending(self) -> int:
         """Messages sent by the app and not yet acknowledged by the backend."""
-        return len(self._outbox)
+        return len(self._s.outbox)
+
+    @property
+    def sid(self) -> str | None:
+        """The session id (None before the first welcome)."""
+        sid: str | None = self._s.sid
+        return sid
 
     async def close(self) -> None:
         """Close the session for good (code 1000)."""
@@ -300,6 +300,10 @@ class Client:
         except ProtocolError as exc:
             self._error = ServerProtocolError(str(exc))
             await ws.close(CloseCode.SESSION_PROTOCOL_VIOLATION)
+        except TimeoutError:
+            # No welcome in time (a slow or overloaded server): try again, with backoff.
+            await ws.close(CloseCode.GOING_AWAY)
+            return Action.RECONNECT, CloseHint(), 0.0
         except ConnectionClosed:
             pass
         finally:
@@ -338,7 +342,8 @@ class Client:
         return Action.RECONNECT, CloseHint(), 0.0
 
     async def _session(self, ws: ClientConnection) -> None:
-        await ws.send(encode(Hello(self.sid, self._inbox.last)), text=True)
+        session = self._s
+        await ws.send(encode(session.hello()), text=True)
         welcome = decode(await asyncio.wait_for(ws.recv(decode=False), self.connect_timeout))
         if not isinstance(welcome, Welcome):
             raise ProtocolError("expected welcome")
@@ -353,63 +358,49 @@ class Client:
         writer = asyncio.get_running_loop().create_task(self._writer(ws))
         try:
             while True:
-                env = decode(await ws.recv(decode=False))
-                if type(env) is Msg:
-                    self._acked(env.ack)
-                    if self._inbox.accept(env.seq):
-                        self.stats.received += 1
-                        await self._recv.put(env.data)
-                        self._ack_due()
-                    else:
-                        self.stats.duplicates += 1
-                elif type(env) is Ack:
-                    self._acked(env.ack)
-                else:
-                    raise ProtocolError("unexpected envelope")
+                data, _ = session.receive(await ws.recv(decode=False))
+                self._progress()
+                if data is not NOTHING:
+                    self.stats.received += 1
+                    await self._recv.put(data)
+                    self._ack_due()
         finally:
+            self.stats.duplicates = session.duplicates
             writer.cancel()
             with contextlib.suppress(asyncio.CancelledError, ConnectionClosed):
                 await writer
 
     def _welcome(self, w: Welcome) -> None:
-        self.resumed = w.resumed and w.sid == self.sid
-        if self.resumed:
-            self._acked(w.last)
+        joined, mapping = self._s.welcome(w)
+        self.resumed = joined is Joined.RESUMED
+        if joined is Joined.RESUMED:
+            self._progress()
             self.stats.resumes += 1
             self._emit(Event("resumed"))
-        else:
-            if self.sid is not None:
-                # The server lost our session: start numbering afresh and resend
-                # whatever was unacked (its fate is unknown; the app is told).
-                self.stats.not_resumed += 1
-                self._emit(Event("not_resumed"))
-                self._renumber()
-            self._inbox = Inbox()
-        self.sid = w.sid
-        self._written = self._outbox.acked
-        self._ack_sent = 0
+        elif joined is Joined.NOT_RESUMED:
+            # The server lost our session: the unacked messages were renumbered and are
+            # resent (their fate is unknown: the app is told).
+            self.stats.not_resumed += 1
+            self._emit(Event("not_resumed"))
+            self._waiters = deque((mapping[s], f) for s, f in self._waiters if s in mapping)
+            self._acked_seen = 0
+            self._room.set()
         self._emit(Event("connected"))
 
-    def _renumber(self) -> None:
-        old = self._outbox
-        new = Outbox(max_count=old.max_count, max_bytes=old.max_bytes)
-        first = old.acked + 1
-        mapping = {first + i: new.push(data) for i, data in enumerate(old.unacked())}
-        self._outbox = new
-        self._waiters = deque((mapping[s], f) for s, f in self._waiters if s in mapping)
-
-    def _acked(self, upto: int) -> None:
-        released = self._outbox.ack(upto)
-        if released:
-            self.stats.acked += released
+    def _progress(self) -> None:
+        """The outbox's acked mark moved: count it, wake senders and ``wait_ack`` callers."""
+        acked = self._s.outbox.acked
+        if acked > self._acked_seen:
+            self.stats.acked += acked - self._acked_seen
+            self._acked_seen = acked
             self._room.set()
-        while self._waiters and self._waiters[0][0] <= upto:
+        while self._waiters and self._waiters[0][0] <= acked:
             _, fut = self._waiters.popleft()
             if not fut.done():
                 fut.set_result(None)
 
     def _ack_due(self) -> None:
-        if self._inbox.last - self._ack_sent >= self.ack_every:
+        if self._s.unacked_received() >= self.ack_every:
             self._wake.set()
         elif self._ack_timer is None:
             self._ack_timer = asyncio.get_running_loop().call_later(self.ack_delay, self._ack_now)
@@ -419,17 +410,12 @@ class Client:
         self._wake.set()
 
     async def _writer(self, ws: ClientConnection) -> None:
+        session = self._s
         while True:
-            frames, self._written, self._ack_sent = due_frames(
-                self._outbox, self._written, self._inbox.last, self._ack_sent
-            )
-            for f in frames:
+            for f in session.frames_due():
                 await ws.send(f, text=True)
             self._wake.clear()
-            if (
-                self._outbox.last_seq > self._written
-                or self._inbox.last > self._ack_sent + self.ack_every
-            ):
+            if session.unsent() or session.unacked_received() > self.ack_every:
                 continue
             await self._wake.wait()
 

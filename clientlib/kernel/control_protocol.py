@@ -26,13 +26,13 @@ from clientlib.kernel.session_protocol import MAX_SEQ, ProtocolError
 __all__ = [
     "MAX_HOT_KEYS",
     "MAX_NODE_ID_LEN",
-    "Abort",
-    "Commit",
     "ControlError",
     "ControlMessage",
+    "Granted",
     "Leave",
     "Left",
     "LoadReport",
+    "Refused",
     "Register",
     "Release",
     "Released",
@@ -128,27 +128,41 @@ class LoadReport:
 
 @dataclass(frozen=True, slots=True)
 class Register:
-    """First message of a control session: who the node is and what it holds."""
+    """First message of a control session: who the node is and what it holds.
+
+    ``incarnation`` is new for every process: a second process claiming a node id
+    whose first is still alive is refused, instead of taking its traffic.
+    ``max_epoch`` is the highest epoch the node has seen in the state store, so a
+    control plane that lost its own counter never hands out a lower one.
+    """
 
     node: str
+    incarnation: str
     addr: tuple[str, int]
     capacity: float
     keys: dict[str, int]  # keys active on the node → the epoch it holds them at
+    max_epoch: int = 0
 
 
 @dataclass(frozen=True, slots=True)
 class Report:
-    """A load report; also renews the node's lease."""
+    """A load report; asks for the lease to be renewed (answered by :class:`Granted`)."""
 
+    seq: int
     load: LoadReport
+    table_version: int = 0  # the version of the table the node holds
 
 
 @dataclass(frozen=True, slots=True)
 class Released:
-    """The units of move ``move`` are frozen and flushed at its epoch."""
+    """The units of move ``move`` are frozen and flushed for their new owners.
+
+    A non-empty ``error`` says the flush failed: the control plane aborts the move.
+    """
 
     move: int
     flushed: int
+    error: str = ""
 
 
 @dataclass(frozen=True, slots=True)
@@ -162,40 +176,47 @@ class Leave:
 
 
 @dataclass(frozen=True, slots=True)
+class Granted:
+    """The lease is renewed for ``lease_ms`` from when report ``seq`` was sent
+    (``seq`` 0: from the registration)."""
+
+    seq: int
+    lease_ms: int
+
+
+@dataclass(frozen=True, slots=True)
 class TableUpdate:
-    """The whole assignment table (on registration and after every change)."""
+    """The whole assignment table (on registration and after every change).
+
+    It is also how a move commits: a unit whose owner changed is no longer the
+    node's to serve; one given back at a newer epoch (an aborted move) is again.
+    """
 
     table: SlotTable
 
 
 @dataclass(frozen=True, slots=True)
 class Release:
-    """Step 1 of a move: freeze the units and flush them at ``epoch``."""
+    """A move: freeze each unit and flush its keys at ``epoch`` for its new owner.
+
+    Idempotent: the same release again flushes again and answers again.
+    """
 
     move: int
-    units: tuple[Unit, ...]
     epoch: int
-
-
-@dataclass(frozen=True, slots=True)
-class Commit:
-    """Step 3: the new owners are committed; close the units' sessions with 4000."""
-
-    move: int
-    units: tuple[Unit, ...]
-
-
-@dataclass(frozen=True, slots=True)
-class Abort:
-    """The move failed: keep the units."""
-
-    move: int
-    units: tuple[Unit, ...]
+    targets: tuple[tuple[Unit, str], ...]  # (unit, new owner)
 
 
 @dataclass(frozen=True, slots=True)
 class Left:
     """Answer to :class:`Leave`: everything has been reassigned."""
+
+
+@dataclass(frozen=True, slots=True)
+class Refused:
+    """The registration is refused (the session is closed after it)."""
+
+    reason: str
 
 
 @dataclass(frozen=True, slots=True)
@@ -206,7 +227,7 @@ class ControlError:
 
 
 ToPlane: TypeAlias = Register | Report | Released | Leave
-ToNode: TypeAlias = TableUpdate | Release | Commit | Abort | Left | ControlError
+ToNode: TypeAlias = Granted | TableUpdate | Release | Left | Refused | ControlError
 ControlMessage: TypeAlias = ToPlane | ToNode
 
 
@@ -216,34 +237,43 @@ ControlMessage: TypeAlias = ToPlane | ToNode
 def encode(msg: ControlMessage) -> bytes:
     """Serialize one control message."""
     match msg:
-        case Report(load):
-            return orjson.dumps({"t": "report", "load": load.to_json()})
-        case Register(node, (host, port), capacity, keys):
+        case Report(seq, load, version):
+            return orjson.dumps(
+                {"t": "report", "seq": seq, "load": load.to_json(), "table_version": version}
+            )
+        case Granted(seq, lease_ms):
+            return orjson.dumps({"t": "granted", "seq": seq, "lease_ms": lease_ms})
+        case Register(node, incarnation, (host, port), capacity, keys, max_epoch):
             return orjson.dumps(
                 {
                     "t": "register",
                     "node": node,
+                    "incarnation": incarnation,
                     "addr": f"{host}:{port}",
                     "capacity": capacity,
                     "keys": keys,
+                    "max_epoch": max_epoch,
                 }
             )
-        case Released(move, flushed):
-            return orjson.dumps({"t": "released", "move": move, "flushed": flushed})
+        case Released(move, flushed, error):
+            return orjson.dumps({"t": "released", "move": move, "flushed": flushed, "error": error})
         case Leave(node):
             return orjson.dumps({"t": "leave", "node": node})
         case TableUpdate(table):
             return orjson.dumps({"t": "table", "table": table.to_json()})
-        case Release(move, units, epoch):
+        case Release(move, epoch, targets):
             return orjson.dumps(
-                {"t": "release", "move": move, "units": _units_json(units), "epoch": epoch}
+                {
+                    "t": "release",
+                    "move": move,
+                    "epoch": epoch,
+                    "targets": [[kind, u, dst] for (kind, u), dst in targets],
+                }
             )
-        case Commit(move, units):
-            return orjson.dumps({"t": "commit", "move": move, "units": _units_json(units)})
-        case Abort(move, units):
-            return orjson.dumps({"t": "abort", "move": move, "units": _units_json(units)})
         case Left():
             return b'{"t":"left"}'
+        case Refused(reason):
+            return orjson.dumps({"t": "refused", "reason": reason[:MAX_ERROR_LEN]})
         case ControlError(error):
             return orjson.dumps({"t": "error", "error": error[:MAX_ERROR_LEN]})
     raise TypeError(f"not a control message: {msg!r}")
@@ -263,10 +293,6 @@ def decode(raw: bytes | str) -> ControlMessage:
     return parse(o)
 
 
-def _units_json(units: tuple[Unit, ...]) -> list[list[int | str]]:
-    return [[kind, u] for kind, u in units]
-
-
 def _register(o: dict[str, Any]) -> Register:
     addr = o.get("addr")
     if not isinstance(addr, str) or len(addr) > MAX_ADDR_LEN:
@@ -281,7 +307,17 @@ def _register(o: dict[str, Any]) -> Register:
     if len(keys_raw) > MAX_UNITS:
         raise ProtocolError("register.keys: too many keys")
     keys = {_key(k): _int(e, "register.keys epoch") for k, e in keys_raw.items()}
-    return Register(_node_id(o.get("node")), (host.strip("[]"), int(port)), capacity, keys)
+    incarnation = o.get("incarnation")
+    if not isinstance(incarnation, str) or not 0 < len(incarnation) <= 64:
+        raise ProtocolError("register.incarnation must be a string of 1..64 characters")
+    return Register(
+        _node_id(o.get("node")),
+        incarnation,
+        (host.strip("[]"), int(port)),
+        capacity,
+        keys,
+        _int(o.get("max_epoch", 0), "register.max_epoch"),
+    )
 
 
 def _table(o: dict[str, Any]) -> TableUpdate:
@@ -291,35 +327,50 @@ def _table(o: dict[str, Any]) -> TableUpdate:
         raise ProtocolError(f"table: {str(exc)[:100]}") from None
 
 
-def _units(o: dict[str, Any]) -> tuple[Unit, ...]:
-    out: list[Unit] = []
-    for item in _list(o.get("units"), "units", MAX_UNITS):
-        if not isinstance(item, list) or len(item) != 2:
-            raise ProtocolError("units: items are [kind, unit]")
-        kind, u = item
-        if kind == "slot":
-            out.append(("slot", _int(u, "slot", 0, 65535)))
-        elif kind == "key":
-            out.append(("key", _key(u)))
-        else:
-            raise ProtocolError("units: kind must be slot or key")
-    return tuple(out)
+def _unit(kind: object, u: object) -> Unit:
+    if kind == "slot":
+        return ("slot", _int(u, "slot", 0, 65535))
+    if kind == "key":
+        return ("key", _key(u))
+    raise ProtocolError("units: kind must be slot or key")
 
 
-def _move(o: dict[str, Any]) -> int:
-    return _int(o.get("move"), "move")
+def _release(o: dict[str, Any]) -> Release:
+    targets: list[tuple[Unit, str]] = []
+    for item in _list(o.get("targets"), "release.targets", MAX_UNITS):
+        if not isinstance(item, list) or len(item) != 3:
+            raise ProtocolError("release.targets: items are [kind, unit, node]")
+        targets.append((_unit(item[0], item[1]), _node_id(item[2])))
+    return Release(_int(o.get("move"), "move"), _int(o.get("epoch"), "epoch"), tuple(targets))
+
+
+def _released(o: dict[str, Any]) -> Released:
+    error = o.get("error", "")
+    if not isinstance(error, str):
+        raise ProtocolError("released.error must be a string")
+    return Released(
+        _int(o.get("move"), "move"),
+        _int(o.get("flushed", 0), "released.flushed"),
+        error[:MAX_ERROR_LEN],
+    )
 
 
 _PARSERS: Final[dict[str, Callable[[dict[str, Any]], ControlMessage]]] = {
     "register": _register,
-    "report": lambda o: Report(LoadReport.from_json(o.get("load"))),
-    "released": lambda o: Released(_move(o), _int(o.get("flushed", 0), "released.flushed")),
+    "report": lambda o: Report(
+        _int(o.get("seq"), "report.seq"),
+        LoadReport.from_json(o.get("load")),
+        _int(o.get("table_version", 0), "report.table_version"),
+    ),
+    "released": _released,
     "leave": lambda o: Leave(_node_id(o.get("node"))),
+    "granted": lambda o: Granted(
+        _int(o.get("seq"), "granted.seq"), _int(o.get("lease_ms"), "granted.lease_ms", 1)
+    ),
     "table": _table,
-    "release": lambda o: Release(_move(o), _units(o), _int(o.get("epoch"), "epoch")),
-    "commit": lambda o: Commit(_move(o), _units(o)),
-    "abort": lambda o: Abort(_move(o), _units(o)),
+    "release": _release,
     "left": lambda o: Left(),
+    "refused": lambda o: Refused(str(o.get("reason", ""))[:MAX_ERROR_LEN]),
     "error": lambda o: ControlError(str(o.get("error", ""))[:MAX_ERROR_LEN]),
 }
 

@@ -74,6 +74,29 @@ class SlotTable:
             return None
         return Route(node, slot, self.epochs[slot])
 
+    def unit_of(self, key: str) -> Unit:
+        """The unit that moves ``key``: its own override if it has one, else its slot.
+
+        Units are disjoint: a slot unit holds the slot's keys that have no override.
+        """
+        if key in self.overrides:
+            return ("key", key)
+        return ("slot", slot_of(key, len(self.owners)))
+
+    def holder(self, unit: Unit) -> tuple[str | None, int]:
+        """(owner, epoch) of a unit; a key without an override is held by its slot."""
+        kind, u = unit
+        if kind == "slot":
+            return self.owners[int(u)], self.epochs[int(u)]
+        ov = self.overrides.get(str(u))
+        if ov is not None:
+            return ov
+        s = slot_of(str(u), len(self.owners))
+        return self.owners[s], self.epochs[s]
+
+    def max_epoch(self) -> int:
+        return max([*self.epochs, *(e for _, e in self.overrides.values()), 0])
+
     def set_slot(self, slot: int, node: str | None, epoch: int) -> None:
         self.owners[slot] = node
         self.epochs[slot] = epoch
@@ -82,6 +105,16 @@ class SlotTable:
     def set_override(self, key: str, node: str, epoch: int) -> None:
         self.overrides[key] = (node, epoch)
         self.version += 1
+
+    def assign(self, unit: Unit, node: str, epoch: int) -> None:
+        kind, u = unit
+        if kind == "slot":
+            self.set_slot(int(u), node, epoch)
+        else:
+            self.set_override(str(u), node, epoch)
+
+    def copy(self) -> SlotTable:
+        return SlotTable(list(self.owners), list(self.epochs), dict(self.overrides), self.version)
 
     def slots_of(self, node: str) -> list[int]:
         return [s for s, n in enumerate(self.owners) if n == node]

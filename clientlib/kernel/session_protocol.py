@@ -166,10 +166,16 @@ def _hint_ms(v: object) -> int | None:
 
 @dataclass(frozen=True, slots=True)
 class Hello:
-    """Client → server, first message. ``sid`` None starts a new session."""
+    """Client → server, first message. ``sid`` None starts a new session.
+
+    ``ack`` lets the server see a rollback: a server that has processed fewer of
+    the client's messages than it once acknowledged lost state, and must answer
+    ``resumed: false`` instead of resuming with a hole in the sequence.
+    """
 
     sid: str | None
     last: int  # highest server seq the client has received (0: none)
+    ack: int = 0  # highest client seq the server has acknowledged to the client (0: none)
 
 
 @dataclass(frozen=True, slots=True)
@@ -207,8 +213,8 @@ def encode(env: Envelope) -> bytes:
             return orjson.dumps({"t": "msg", "seq": seq, "ack": ack, "d": data})
         case Ack(ack):
             return orjson.dumps({"t": "ack", "ack": ack})
-        case Hello(sid, last):
-            return orjson.dumps({"t": "hello", "sid": sid, "last": last})
+        case Hello(sid, last, ack):
+            return orjson.dumps({"t": "hello", "sid": sid, "last": last, "ack": ack})
         case Welcome(sid, resumed, last):
             return orjson.dumps({"t": "welcome", "sid": sid, "resumed": resumed, "last": last})
     raise TypeError(f"not an envelope: {env!r}")
@@ -248,7 +254,8 @@ def decode(raw: bytes | str) -> Envelope:
     if t == "ack":
         return Ack(_seq(obj, "ack"))
     if t == "hello":
-        return Hello(_sid(obj.get("sid"), optional=True), _seq(obj, "last"))
+        ack = _seq(obj, "ack") if "ack" in obj else 0  # optional: older clients omit it
+        return Hello(_sid(obj.get("sid"), optional=True), _seq(obj, "last"), ack)
     if t == "welcome":
         resumed = obj.get("resumed")
         if not isinstance(resumed, bool):

@@ -1,9 +1,17 @@
-"""The embedded directory: membership, leases, the slot table, the latest loads.
+"""The embedded directory: membership, leases, the slot table, epochs, moves in flight.
 
 It implements the data plane's :class:`~gateway.route_source.RouteSource`, and
-keeps the table on disk (atomically replaced on each change) so a gateway
-restart moves nothing: nodes known before the restart keep their slots and
-get a grace lease to re-register.
+keeps its state on disk so a gateway restart moves nothing: nodes known before
+the restart keep their slots and get a grace lease to re-register, and a move
+that was in flight is found and finished.
+
+**Durability.** Every change is written before anyone hears of it: the caller
+saves, then sends. A save writes a temporary file, fsyncs it, renames it over
+the old one and fsyncs the directory, so a crash leaves the old state or the
+new one, never a torn file. The epoch counter is part of that state, so an epoch
+handed out is never handed out again; and it never falls below what the nodes
+report they have seen in the state store (``observe_epoch``), so even a lost
+state directory cannot make it go back.
 """
 
 from __future__ import annotations
@@ -21,6 +29,7 @@ import structlog
 
 from clientlib.kernel.control_protocol import LoadReport
 from clientlib.kernel.routing import NUM_SLOTS, Route, SlotTable, Unit
+from gateway.controlplane.moves import MoveRecord
 from gateway.controlplane.planner import NodeLoad
 
 __all__ = [
@@ -28,7 +37,7 @@ __all__ = [
     "NodeEntry",
 ]
 
-log = structlog.get_logger("gateway.route_source")
+log = structlog.get_logger("gateway.directory")
 
 
 @dataclass(slots=True)
@@ -41,6 +50,7 @@ class NodeEntry:
     leaving: bool = False
     load: LoadReport | None = None  # the latest report, checked when it arrived
     registered: bool = False  # registered since this gateway started
+    incarnation: str = ""  # the process holding the lease
 
     def to_load(self) -> NodeLoad:
         """The planner's view of this node (no load yet: an idle node)."""
@@ -72,6 +82,8 @@ class EmbeddedDirectory:
         self.nodes: dict[str, NodeEntry] = {}
         self.table = SlotTable.empty(num_slots)
         self.epoch = 0  # global counter: every ownership change takes the next value
+        self.moves: dict[int, MoveRecord] = {}  # moves in flight
+        self.last_move_id = 0
         self._load()
 
     # ------------------------------------------------------------------ persistence
@@ -84,31 +96,49 @@ class EmbeddedDirectory:
         except (OSError, orjson.JSONDecodeError) as exc:
             raise ValueError(f"directory file {self.path} is unreadable: {exc}") from exc
         self.table = SlotTable.from_json(obj["table"])
-        self.epoch = int(obj["epoch"])
+        self.epoch = max(int(obj["epoch"]), self.table.max_epoch())
+        self.last_move_id = int(obj.get("last_move_id", 0))
+        for m in obj.get("moves", []):
+            rec = MoveRecord.from_json(m)
+            self.moves[rec.id] = rec
         grace = self.clock() + 3 * self.lease_s
         for n in obj.get("nodes", []):
             self.nodes[n["id"]] = NodeEntry(
                 n["id"], (n["host"], int(n["port"])), float(n["capacity"]), grace
             )
-        log.info("directory_restored", nodes=len(self.nodes), epoch=self.epoch)
+        log.info(
+            "directory_restored", nodes=len(self.nodes), epoch=self.epoch, moves=len(self.moves)
+        )
+
+    def snapshot(self) -> bytes:
+        return orjson.dumps(
+            {
+                "epoch": self.epoch,
+                "last_move_id": self.last_move_id,
+                "table": self.table.to_json(),
+                "nodes": [
+                    {"id": n.id, "host": n.addr[0], "port": n.addr[1], "capacity": n.capacity}
+                    for n in self.nodes.values()
+                    if n.alive
+                ],
+                "moves": [m.to_json() for m in self.moves.values()],
+            }
+        )
 
     def save(self) -> None:
+        """Write the state durably (see the module doc)."""
         self.path.parent.mkdir(parents=True, exist_ok=True)
         tmp = self.path.with_suffix(".tmp")
-        tmp.write_bytes(
-            orjson.dumps(
-                {
-                    "epoch": self.epoch,
-                    "table": self.table.to_json(),
-                    "nodes": [
-                        {"id": n.id, "host": n.addr[0], "port": n.addr[1], "capacity": n.capacity}
-                        for n in self.nodes.values()
-                        if n.alive
-                    ],
-                }
-            )
-        )
+        with open(tmp, "wb") as fh:
+            fh.write(self.snapshot())
+            fh.flush()
+            os.fsync(fh.fileno())
         os.replace(tmp, self.path)
+        dfd = os.open(self.path.parent, os.O_RDONLY)
+        try:
+            os.fsync(dfd)
+        finally:
+            os.close(dfd)
 
     # ------------------------------------------------------------------ RouteSource
 
@@ -126,6 +156,9 @@ class EmbeddedDirectory:
         n = self.nodes.get(node)
         left = n.lease_until - self.clock() if n is not None and n.alive else 0.0
         return max(1, math.ceil(left + 0.5))  # + half a tick for the reassignment
+
+    def version(self) -> int:
+        return self.table.version
 
     def view(self) -> dict[str, Any]:
         counts: dict[str | None, int] = {}
@@ -152,7 +185,23 @@ class EmbeddedDirectory:
 
     # ------------------------------------------------------------------ membership
 
-    def register(self, node: str, addr: tuple[str, int], capacity: float) -> NodeEntry:
+    def holder_elsewhere(self, node: str, incarnation: str) -> NodeEntry | None:
+        """The live entry of ``node`` held by another process, if any."""
+        e = self.nodes.get(node)
+        if (
+            e is not None
+            and e.alive
+            and e.registered
+            and e.incarnation != incarnation
+            and e.lease_until >= self.clock()
+        ):
+            return e
+        return None
+
+    def register(
+        self, node: str, addr: tuple[str, int], capacity: float, incarnation: str = ""
+    ) -> NodeEntry:
+        """(Re-)register a node; the caller saves."""
         e = self.nodes.get(node)
         now = self.clock()
         if e is None or not e.alive:
@@ -161,8 +210,14 @@ class EmbeddedDirectory:
         e.addr, e.capacity, e.alive, e.leaving = addr, capacity, True, False
         e.lease_until = now + self.lease_s
         e.registered = True
-        self.save()
+        e.incarnation = incarnation
         return e
+
+    def observe_epoch(self, epoch: int) -> None:
+        """A node has seen ``epoch`` in the store: never hand out one at or below it."""
+        if epoch > self.epoch:
+            log.info("epoch_raised", was=self.epoch, to=epoch)
+            self.epoch = epoch
 
     def renew(self, node: str, load: LoadReport | None = None) -> None:
         e = self.nodes.get(node)
@@ -186,25 +241,19 @@ class EmbeddedDirectory:
     # ------------------------------------------------------------------ ownership
 
     def next_epoch(self) -> int:
+        """The next epoch; the caller saves before anyone hears of it."""
         self.epoch += 1
         return self.epoch
 
+    def next_move_id(self) -> int:
+        self.last_move_id += 1
+        return self.last_move_id
+
     def owner_of(self, unit: Unit) -> str | None:
-        kind, u = unit
-        if kind == "slot":
-            return self.table.owners[int(u)]
-        ov = self.table.overrides.get(str(u))
-        if ov is not None:
-            return ov[0]
-        route = self.table.route(str(u))
-        return route.node if route else None
+        return self.table.holder(unit)[0]
 
     def assign(self, unit: Unit, node: str, epoch: int) -> None:
-        kind, u = unit
-        if kind == "slot":
-            self.table.set_slot(int(u), node, epoch)
-        else:
-            self.table.set_override(str(u), node, epoch)
+        self.table.assign(unit, node, epoch)
 
     def units_owned_by(self, node: str) -> list[Unit]:
         units: list[Unit] = [("slot", s) for s in self.table.slots_of(node)]
@@ -212,7 +261,7 @@ class EmbeddedDirectory:
         return units
 
     def spread(self, units: list[Unit], targets: list[str]) -> dict[str, list[Unit]]:
-        """Assign units over ``targets``, least loaded first, bumping epochs. Saves once."""
+        """Assign units over ``targets``, least loaded first, at new epochs. Saves once."""
         if not targets:
             return {}
         load = {t: self.nodes[t].to_load().util for t in targets}

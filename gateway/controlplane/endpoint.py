@@ -1,12 +1,13 @@
 """The backends' control sessions: authentication, decoding at the door, sending.
 
-Each backend holds one WebSocket to ``/v1/control`` on the admin port. This
-module owns those sockets and nothing else: it checks the bearer secret,
-decodes every message with the kernel's control codec (a malformed one is
-answered with ``error``, logged with its reason, and changes nothing), and
-hands the typed messages to a :class:`ControlHandler`. Sending to a backend
-never blocks the control plane for long: a peer that does not take a message
-in time is disconnected and re-registers when it recovers.
+Each backend holds one WebSocket to ``/v1/control`` on the admin port,
+authenticated as one node: ``X-Node-Id`` names it and ``Authorization: Bearer``
+carries that node's own credential (derived from the cluster secret, see
+:mod:`clientlib.kernel.credentials`). A session may speak only for the node it
+authenticated as. Every message is decoded with the kernel's control codec; a
+malformed one is answered with ``error``, logged with its reason, and changes
+nothing. Sending never blocks the control plane for long: a peer that does not
+take a message in time is disconnected and re-registers when it recovers.
 """
 
 from __future__ import annotations
@@ -19,6 +20,7 @@ import structlog
 from aiohttp import WSMsgType, web
 
 from clientlib.kernel import control_protocol as cp
+from clientlib.kernel.credentials import node_credential
 from clientlib.kernel.session_protocol import ProtocolError
 
 __all__ = ["ControlEndpoint", "ControlHandler"]
@@ -27,16 +29,13 @@ log = structlog.get_logger("gateway.control")
 
 
 class ControlHandler(Protocol):
-    """What the control plane does with the messages of its backends."""
+    """What the control plane does with its backends' messages."""
 
-    def registered(self, msg: cp.Register) -> None:
-        """A node (re-)registered; its session is current from now on."""
+    async def registered(self, msg: cp.Register) -> str | None:
+        """A node registers; None accepts it, a string is the reason it is refused."""
 
     async def received(self, node: str, msg: cp.Report | cp.Released | cp.Leave) -> None:
         """A message from a registered node's current session."""
-
-    def table_message(self) -> cp.TableUpdate:
-        """The table, sent to a node right after it registers."""
 
 
 class ControlEndpoint:
@@ -45,52 +44,80 @@ class ControlEndpoint:
         self.handler = handler
         self.send_timeout_s = send_timeout_s
         self.sessions: dict[str, web.WebSocketResponse] = {}
+        self._credentials: dict[str, str] = {}
+
+    def credential(self, node: str) -> str:
+        cred = self._credentials.get(node)
+        if cred is None:
+            cred = self._credentials[node] = node_credential(self.secret, node)
+        return cred
+
+    def authenticate(self, request: web.Request) -> str | None:
+        """The node id the request proves it is, or None."""
+        node = request.headers.get("X-Node-Id", "")
+        got = request.headers.get("Authorization", "")
+        if not node or len(node) > cp.MAX_NODE_ID_LEN or not node.isprintable():
+            return None
+        if not got.startswith("Bearer "):
+            return None
+        if not hmac.compare_digest(got[7:].encode(), self.credential(node).encode()):
+            return None
+        return node
 
     async def handle(self, request: web.Request) -> web.StreamResponse:
         """The aiohttp handler of ``GET /v1/control``."""
-        got = request.headers.get("Authorization", "")
-        if not (
-            got.startswith("Bearer ")
-            and hmac.compare_digest(got[7:].encode(), self.secret.encode())
-        ):
+        node = self.authenticate(request)
+        if node is None:
             log.warning("control_auth_failed", peer=request.remote)
-            return web.json_response({"error": "bad control secret"}, status=401)
+            return web.json_response({"error": "bad node credential"}, status=401)
         ws = web.WebSocketResponse(heartbeat=5.0, max_msg_size=4 << 20)
         await ws.prepare(request)
-        node: str | None = None
+        registered = False
         try:
             async for frame in ws:
                 if frame.type not in (WSMsgType.TEXT, WSMsgType.BINARY):
                     break
                 try:
                     msg = cp.decode(frame.data)
-                    node = await self._dispatch(ws, node, msg)
+                    if await self._dispatch(ws, node, registered, msg):
+                        registered = True
                 except ProtocolError as exc:
                     log.warning("control_message_refused", node=node, error=str(exc))
                     await ws.send_bytes(cp.encode(cp.ControlError(str(exc))))
         finally:
-            if node is not None and self.sessions.get(node) is ws:
+            if self.sessions.get(node) is ws:
                 del self.sessions[node]
         return ws
 
     async def _dispatch(
-        self, ws: web.WebSocketResponse, node: str | None, msg: cp.ControlMessage
-    ) -> str | None:
+        self, ws: web.WebSocketResponse, node: str, registered: bool, msg: cp.ControlMessage
+    ) -> bool:
+        """Returns True once the session is registered."""
         if isinstance(msg, cp.Register):
-            old = self.sessions.get(msg.node)
+            if msg.node != node:
+                raise ProtocolError(f"this session is {node!r}; it cannot register {msg.node!r}")
+            old = self.sessions.get(node)
+            self.sessions[node] = ws  # effects of the registration reach this session
+            refusal = await self.handler.registered(msg)
+            if refusal is not None:
+                if old is not None:
+                    self.sessions[node] = old
+                else:
+                    del self.sessions[node]
+                log.warning("registration_refused", node=node, reason=refusal)
+                await ws.send_bytes(cp.encode(cp.Refused(refusal)))
+                await ws.close()
+                return False
             if old is not None and old is not ws:
                 await old.close()
-            self.handler.registered(msg)
-            self.sessions[msg.node] = ws
-            await ws.send_bytes(cp.encode(self.handler.table_message()))
-            return msg.node
-        if node is None:
+            return True
+        if not registered:
             raise ProtocolError("register first")
         if isinstance(msg, cp.Report | cp.Released | cp.Leave):
             if self.sessions.get(node) is not ws:
                 raise ProtocolError("this session was replaced by a newer one")
             await self.handler.received(node, msg)
-            return node
+            return True
         raise ProtocolError(f"{type(msg).__name__} is not sent by backends")
 
     # ------------------------------------------------------------------ sending
@@ -104,6 +131,11 @@ class ControlEndpoint:
     async def broadcast(self, msg: cp.ControlMessage) -> None:
         data = cp.encode(msg)
         await asyncio.gather(*(self._send_raw(ws, data) for ws in list(self.sessions.values())))
+
+    async def disconnect(self, node: str) -> None:
+        ws = self.sessions.pop(node, None)
+        if ws is not None:
+            await ws.close()
 
     async def _send_raw(self, ws: web.WebSocketResponse, data: bytes) -> bool:
         """Send to one backend; one that does not take it in time is disconnected, so a

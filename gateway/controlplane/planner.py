@@ -129,7 +129,7 @@ def plan(
         state.shedding = True
     if state.shedding:
         return Plan(reason="", shed=True, imbalance=imb)
-    join = _join_moves(loads, table, cfg, busy)
+    join = _join_moves(loads, table, cfg, busy, state, now)
     if len(loads) < 2 or total <= 0:
         return Plan(join, "join" if join else "", imbalance=imb)
     pressured = any(n.pressure and n.node not in busy for n in loads)
@@ -247,9 +247,15 @@ def _load_moves(
 
 
 def _join_moves(
-    loads: list[NodeLoad], table: SlotTable, cfg: PlannerConfig, busy: frozenset[str]
+    loads: list[NodeLoad],
+    table: SlotTable,
+    cfg: PlannerConfig,
+    busy: frozenset[str],
+    state: PlannerState,
+    now: float,
 ) -> tuple[Move, ...]:
-    """Hand load-free slots to nodes holding well under their share of slots."""
+    """Hand load-free slots to nodes holding well under their share of slots. A slot
+    that just moved is not free: its new owner's reports may not show its load yet."""
     nodes = [n.node for n in loads]
     if len(nodes) < 2:
         return ()
@@ -262,6 +268,11 @@ def _join_moves(
     if not hungry:
         return ()
     hot_slots = {s for n in loads for s, r in n.slots.items() if r > 0}
+    hot_slots |= {
+        int(u)
+        for (kind, u), t in state.moved_at.items()
+        if kind == "slot" and now - t < cfg.cooldown_s
+    }
     moves: list[Move] = []
     for dst in hungry:
         want = min(int(share) - counts[dst], cfg.join_batch - len(moves))

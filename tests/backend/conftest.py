@@ -41,7 +41,20 @@ def clock():
     return Clock()
 
 
-def make_node(store, clock, node_id="n1", **cfg) -> Node:
+def make_node(store, clock, node_id="n1", app=None, **cfg) -> Node:
+    cfg.setdefault("direct", True)
     return Node(
-        CounterApp(), store, LoadMeter(1000.0), BackendConfig(node_id=node_id, **cfg), clock=clock
+        app or CounterApp(),
+        store,
+        LoadMeter(1000.0),
+        BackendConfig(node_id=node_id, **cfg),
+        clock=clock,
     )
+
+
+def controlled(node: Node, table, lease_s: float = 3.0) -> Node:
+    """Put a node under a control plane: a table and a lease."""
+    node.join_control_plane()
+    node.grant_lease(node.clock() + lease_s)
+    node.set_view(table)
+    return node

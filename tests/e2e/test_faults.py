@@ -15,6 +15,7 @@ from websockets.exceptions import InvalidStatus
 
 from clientlib import Client
 from clientlib.kernel.backoff import BackoffPolicy
+from clientlib.kernel.credentials import node_credential
 from loadtest.topology import Topology
 from tests.e2e.conftest import client, owner_of, stream_exact
 
@@ -125,19 +126,46 @@ async def test_reconnect_storm_after_gateway_kill(topo: Topology):
         await c.close()
 
 
+def node_headers(t: Topology, node: str, cred: str | None = None) -> dict[str, str]:
+    return {
+        "X-Node-Id": node,
+        "Authorization": f"Bearer {cred or node_credential(t.secret, node)}",
+    }
+
+
+def register_msg(node: str, port: int = 9, incarnation: str = "test") -> bytes:
+    return orjson.dumps(
+        {
+            "t": "register",
+            "node": node,
+            "incarnation": incarnation,
+            "addr": f"127.0.0.1:{port}",
+            "capacity": 1000,
+            "keys": {},
+        }
+    )
+
+
 async def test_control_plane_bad_input(topo: Topology):
     url = f"ws://127.0.0.1:{topo.admin_port}/v1/control"
-    with pytest.raises(InvalidStatus) as exc:
-        await connect(url, additional_headers={"Authorization": "Bearer wrong"})
-    assert exc.value.response.status_code == 401
+    for headers in (
+        {"Authorization": "Bearer wrong"},
+        {"Authorization": f"Bearer {topo.secret}"},  # the cluster secret is no node's credential
+        node_headers(topo, "node-1", cred=node_credential(topo.secret, "node-2")),
+        node_headers(topo, "node-1", cred=node_credential("another-secret", "node-1")),
+    ):
+        with pytest.raises(InvalidStatus) as exc:
+            await connect(url, additional_headers=headers)
+        assert exc.value.response.status_code == 401
     async with aiohttp.ClientSession() as s:
         before = await topo.status(s)
-    async with connect(url, additional_headers={"Authorization": f"Bearer {topo.secret}"}) as ws:
+    async with connect(url, additional_headers=node_headers(topo, "x")) as ws:
         for bad in (
             "not json",
             '{"t":"released","move":1}',  # not registered
-            '{"t":"register","node":"x","addr":"nowhere","capacity":1}',
-            '{"t":"register","node":"x","addr":"127.0.0.1:1","capacity":-5}',
+            '{"t":"register","node":"x","incarnation":"i","addr":"nowhere","capacity":1}',
+            '{"t":"register","node":"x","incarnation":"i","addr":"127.0.0.1:1","capacity":-5}',
+            register_msg("node-1"),  # a session may speak only for the node it proved it is
         ):
             await ws.send(bad)
             assert orjson.loads(await ws.recv())["t"] == "error"
@@ -147,26 +175,37 @@ async def test_control_plane_bad_input(topo: Topology):
     assert set(after["nodes"]) == set(before["nodes"])
 
 
+async def test_a_node_id_in_use_cannot_be_taken(topo: Topology):
+    """A second process with node-1's credential (or a second backend started with the same
+    --node-id) is refused while node-1 lives: it takes none of its traffic, and node-1's
+    address stays."""
+    url = f"ws://127.0.0.1:{topo.admin_port}/v1/control"
+    async with aiohttp.ClientSession() as s:
+        before = (await topo.admin_get(s, "/v1/nodes"))["nodes"]
+    async with connect(url, additional_headers=node_headers(topo, "node-1")) as ws:
+        await ws.send(register_msg("node-1", port=1, incarnation="impostor"))
+        answer = orjson.loads(await ws.recv())
+        assert answer["t"] == "refused" and "another process" in answer["reason"]
+    async with aiohttp.ClientSession() as s:
+        after = (await topo.admin_get(s, "/v1/nodes"))["nodes"]
+    addr = {n["id"]: n["address"] for n in after}
+    assert addr == {n["id"]: n["address"] for n in before}
+    async with client(topo, "still:served") as c:
+        await c.send({"n": 1}, wait_ack=True)
+
+
 async def test_move_that_times_out_is_aborted_cleanly(topo: Topology):
     """A source that never acknowledges a release: the move is aborted after the timeout
     and the source still owns the unit."""
     url = f"ws://127.0.0.1:{topo.admin_port}/v1/control"
-    async with connect(url, additional_headers={"Authorization": f"Bearer {topo.secret}"}) as ws:
-        await ws.send(
-            orjson.dumps(
-                {
-                    "t": "register",
-                    "node": "mute",
-                    "addr": "127.0.0.1:9",
-                    "capacity": 1000,
-                    "keys": {},
-                }
-            )
-        )
+    async with connect(url, additional_headers=node_headers(topo, "mute")) as ws:
+        await ws.send(register_msg("mute"))
 
         async def keep_alive() -> None:
+            seq = 0
             while True:
-                report = {"t": "report", "load": {"rate": 0.0, "capacity": 1000}}
+                seq += 1
+                report = {"t": "report", "seq": seq, "load": {"rate": 0.0, "capacity": 1000}}
                 await ws.send(orjson.dumps(report))
                 await asyncio.sleep(0.5)
 

@@ -36,6 +36,8 @@ async def test_static_echo_path(tmp_path):
                 f"127.0.0.1:{p}",
                 "--store",
                 str(tmp_path / "s.db"),
+                "--direct",
+                "on",
             ]
         )
         for p in ports

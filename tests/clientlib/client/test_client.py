@@ -36,7 +36,7 @@ pytestmark = pytest.mark.timeout(30)
 @contextlib.asynccontextmanager
 async def backend(tmp_path, **cfg: Any):
     store = SQLiteStore(tmp_path / "s.db")
-    node = Node(CounterApp(), store, LoadMeter(1e6), BackendConfig(**cfg))
+    node = Node(CounterApp(), store, LoadMeter(1e6), BackendConfig(direct=True, **cfg))
     srv = BackendServer(node)
     await srv.start("127.0.0.1", 0)
     try:

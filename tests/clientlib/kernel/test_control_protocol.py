@@ -49,18 +49,22 @@ messages = st.one_of(
     st.builds(
         cp.Register,
         node_ids,
+        st.text("0123456789abcdef", min_size=1, max_size=16),
         st.tuples(st.sampled_from(["127.0.0.1", "node.example", "::1"]), st.integers(1, 65535)),
         st.floats(0.001, 1e6),
         st.dictionaries(keys, st.integers(0, 2**40), max_size=4),
+        st.integers(0, 2**40),
     ),
-    st.builds(cp.Report, reports),
-    st.builds(cp.Released, counts, counts),
+    st.builds(cp.Report, counts, reports, counts),
+    st.builds(cp.Released, counts, counts, st.text(max_size=50)),
     st.builds(cp.Leave, node_ids),
+    st.builds(cp.Granted, counts, st.integers(1, 10**6)),
     st.builds(cp.TableUpdate, tables),
-    st.builds(cp.Release, counts, st.lists(units, max_size=5).map(tuple), counts),
-    st.builds(cp.Commit, counts, st.lists(units, max_size=5).map(tuple)),
-    st.builds(cp.Abort, counts, st.lists(units, max_size=5).map(tuple)),
+    st.builds(
+        cp.Release, counts, counts, st.lists(st.tuples(units, node_ids), max_size=5).map(tuple)
+    ),
     st.just(cp.Left()),
+    st.builds(cp.Refused, st.text(max_size=50)),
     st.builds(cp.ControlError, st.text(max_size=50)),
 )
 
@@ -68,7 +72,8 @@ messages = st.one_of(
 def _rounded(msg: cp.ControlMessage) -> cp.ControlMessage:
     """Reports travel rounded (2-4 decimals); compare what the wire can carry."""
     if isinstance(msg, cp.Report):
-        return cp.Report(cp.LoadReport.from_json(orjson.loads(orjson.dumps(msg.load.to_json()))))
+        wire = cp.LoadReport.from_json(orjson.loads(orjson.dumps(msg.load.to_json())))
+        return cp.Report(msg.seq, wire, msg.table_version)
     return msg
 
 
@@ -104,17 +109,32 @@ json_values = st.recursive(
             "report",
             "released",
             "leave",
+            "granted",
             "table",
             "release",
-            "commit",
-            "abort",
             "left",
+            "refused",
             "error",
         ]
     ),
     st.dictionaries(
         st.sampled_from(
-            ["node", "addr", "capacity", "keys", "load", "move", "flushed", "units", "epoch"]
+            [
+                "node",
+                "incarnation",
+                "addr",
+                "capacity",
+                "keys",
+                "max_epoch",
+                "seq",
+                "load",
+                "move",
+                "flushed",
+                "error",
+                "targets",
+                "epoch",
+                "lease_ms",
+            ]
         ),
         json_values,
     ),
@@ -127,23 +147,32 @@ def test_any_json_of_a_known_type_gives_a_message_or_protocol_error(t, fields):
 @pytest.mark.parametrize(
     "raw,why",
     [
-        (b'{"t":"report","load":{"rate":0.0}}', "capacity"),
-        (b'{"t":"report","load":{"rate":-1,"capacity":5}}', "rate"),
-        (b'{"t":"report","load":{"rate":1e999,"capacity":5}}', "JSON"),
-        (b'{"t":"report","load":{"rate":1,"capacity":5,"slots":{"x":1}}}', "slot"),
-        (b'{"t":"report","load":{"rate":1,"capacity":5,"hot_keys":[["k",1]]}}', "hot_keys"),
-        (b'{"t":"report","load":{"rate":1,"capacity":5,"pressure":"yes"}}', "pressure"),
-        (b'{"t":"report","load":[]}', "object"),
-        (b'{"t":"register","node":"n","addr":"nowhere","capacity":1}', "addr"),
-        (b'{"t":"register","node":"n","addr":"h:1","capacity":-5}', "capacity"),
-        (b'{"t":"register","node":"","addr":"h:1","capacity":1}', "node"),
-        (b'{"t":"register","node":"n","addr":"h:1","capacity":1,"keys":{"k":"1"}}', "epoch"),
+        (b'{"t":"report","seq":1,"load":{"rate":0.0}}', "capacity"),
+        (b'{"t":"report","seq":1,"load":{"rate":-1,"capacity":5}}', "rate"),
+        (b'{"t":"report","seq":1,"load":{"rate":1e999,"capacity":5}}', "JSON"),
+        (b'{"t":"report","seq":1,"load":{"rate":1,"capacity":5,"slots":{"x":1}}}', "slot"),
+        (b'{"t":"report","seq":1,"load":{"rate":1,"capacity":5,"hot_keys":[["k",1]]}}', "hot_keys"),
+        (b'{"t":"report","seq":1,"load":{"rate":1,"capacity":5,"pressure":"yes"}}', "pressure"),
+        (b'{"t":"report","seq":1,"load":[]}', "object"),
+        (b'{"t":"report","load":{"rate":1,"capacity":5}}', "seq"),
+        (b'{"t":"register","node":"n","incarnation":"i","addr":"nowhere","capacity":1}', "addr"),
+        (b'{"t":"register","node":"n","incarnation":"i","addr":"h:1","capacity":-5}', "capacity"),
+        (b'{"t":"register","node":"","incarnation":"i","addr":"h:1","capacity":1}', "node"),
+        (b'{"t":"register","node":"n","addr":"h:1","capacity":1}', "incarnation"),
+        (
+            b'{"t":"register","node":"n","incarnation":"i","addr":"h:1","capacity":1,'
+            b'"keys":{"k":"1"}}',
+            "epoch",
+        ),
         (b'{"t":"released","move":"7"}', "move"),
         (b'{"t":"released","move":true}', "move"),
-        (b'{"t":"release","move":1,"units":[["node",1]],"epoch":2}', "kind"),
-        (b'{"t":"release","move":1,"units":[["slot",-1]],"epoch":2}', "slot"),
-        (b'{"t":"release","move":1,"units":[["key",""]],"epoch":2}', "key"),
-        (b'{"t":"release","move":1,"units":"all","epoch":2}', "list"),
+        (b'{"t":"released","move":1,"error":5}', "error"),
+        (b'{"t":"granted","seq":1,"lease_ms":0}', "lease_ms"),
+        (b'{"t":"release","move":1,"targets":[["node",1,"n"]],"epoch":2}', "kind"),
+        (b'{"t":"release","move":1,"targets":[["slot",-1,"n"]],"epoch":2}', "slot"),
+        (b'{"t":"release","move":1,"targets":[["key","","n"]],"epoch":2}', "key"),
+        (b'{"t":"release","move":1,"targets":[["key","k",""]],"epoch":2}', "node"),
+        (b'{"t":"release","move":1,"targets":"all","epoch":2}', "list"),
         (b'{"t":"table","table":{"owners":["a"],"epochs":[]}}', "length"),
         (b'{"t":"table","table":{"owners":[1],"epochs":[1]}}', "owners"),
         (b'{"t":"bogus"}', "unknown"),
@@ -159,7 +188,7 @@ def test_malformed_messages_are_refused_with_a_reason(raw, why):
 
 def test_a_report_is_typed_once():
     msg = cp.decode(
-        b'{"t":"report","load":{"rate":12.5,"capacity":100,"slots":{"7":12.5},'
+        b'{"t":"report","seq":3,"load":{"rate":12.5,"capacity":100,"slots":{"7":12.5},'
         b'"hot_keys":[["room:1",7,12.5]],"pressure":true}}'
     )
     assert isinstance(msg, cp.Report)

@@ -39,7 +39,7 @@ sids = st.text(st.characters(min_codepoint=33, max_codepoint=126), min_size=1, m
 
 @given(
     st.one_of(
-        st.builds(Hello, st.none() | sids, seqs),
+        st.builds(Hello, st.none() | sids, seqs, seqs),
         st.builds(Welcome, sids, st.booleans(), seqs),
         st.builds(Msg, st.integers(1, MAX_SEQ), seqs, json_values),
         st.builds(Ack, seqs),
