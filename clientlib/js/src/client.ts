@@ -439,7 +439,7 @@ export class Client {
     if (conn !== this.conn) return;
     for (const w of this.closeWaiters.splice(0)) w();
     if (this._state === "stopped") return;
-    this.lost(code, reason);
+    this.lost(code, refusal ? `HTTP ${refusal.status}` : reason);
     let action: Action;
     let hint: CloseHint;
     if (refusal) {
