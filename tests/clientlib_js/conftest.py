@@ -115,7 +115,9 @@ async def topo(tmp_path: Path) -> AsyncIterator[Topology]:
         await asyncio.get_running_loop().run_in_executor(None, t.stop, 10.0)
 
 
-async def run_js(cmd: list[str], faults: dict[str, Fault] | None = None, timeout: float = 90) -> Any:
+async def run_js(
+    cmd: list[str], faults: dict[str, Fault] | None = None, timeout: float = 90
+) -> Any:
     """Run a driver; do each fault it asks for, answer when done; return its result."""
     proc = await asyncio.create_subprocess_exec(
         *cmd,
@@ -151,7 +153,8 @@ async def run_js(cmd: list[str], faults: dict[str, Fault] | None = None, timeout
 
 
 def node_cmd(js_dist: Path, scenario: str, args: dict[str, Any]) -> list[str]:
-    return ["node", str(HERE / "run_node.mjs"), str(js_dist / "index.js"), scenario, json.dumps(args)]
+    lib = str(js_dist / "index.js")
+    return ["node", str(HERE / "run_node.mjs"), lib, scenario, json.dumps(args)]
 
 
 def chromium_cmd(page_url: str, scenario: str, args: dict[str, Any]) -> list[str]:

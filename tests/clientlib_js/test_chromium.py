@@ -17,7 +17,9 @@ pytestmark = [pytest.mark.slow, pytest.mark.timeout(120)]
 N = 6000
 
 
-async def test_move_and_sigterm_exactly_once(topo: Topology, chromium: str, page_server: str):
+async def test_move_and_sigterm_exactly_once(
+    topo: Topology, chromium: str, page_server: str
+) -> None:
     key = "doc:js chromium/1+1"
     log: list[str] = []
     faults = {"move": move(topo, [key], log), "term": sigterm_owner(topo, key, log)}

@@ -18,7 +18,7 @@ pytestmark = [pytest.mark.slow, pytest.mark.timeout(120)]
 N = 6000
 
 
-async def test_move_and_sigterm_exactly_once(topo: Topology, js_dist: Path):
+async def test_move_and_sigterm_exactly_once(topo: Topology, js_dist: Path) -> None:
     key = "doc:js node/1+1"  # '/', '+' and ' ' must survive the query string
     log: list[str] = []
     faults = {"move": move(topo, [key], log), "term": sigterm_owner(topo, key, log)}
@@ -45,7 +45,7 @@ async def test_move_and_sigterm_exactly_once(topo: Topology, js_dist: Path):
     assert await owner_of(topo, key) != log[-1].split()[1]
 
 
-async def test_lost_session_is_reported_and_renumbered(tmp_path: Path, js_dist: Path):
+async def test_lost_session_is_reported_and_renumbered(tmp_path: Path, js_dist: Path) -> None:
     """kill -9 in handoff mode loses the session: the client hears resumed=false, emits
     not_resumed, renumbers what it still held from 1, and the new session works."""
     t = Topology(tmp_path / "topo", backends=2, capacity=100000, durability="handoff")
