@@ -67,3 +67,19 @@ export async function attempt(lib, io, { url, key, options = {} }) {
     return { ok: false, error: e.name, message: e.message, events };
   }
 }
+
+/** The documented chat page (already loaded): say `text`, wait until the room shows it. */
+export async function chatPage(lib, io, { text }) {
+  const $ = (sel) => document.querySelector(sel);
+  const until = async (cond, what) => {
+    for (let i = 0; !cond(); i++) {
+      if (i > 400) throw new Error(`${what}; the page shows: ${document.body.innerText}`);
+      await sleep(50);
+    }
+  };
+  await until(() => $("#status").textContent === "connected", "never connected");
+  $("#text").value = text;
+  $("#say button").click();
+  await until(() => $("#log").textContent.includes(text), "the message never came back");
+  return { log: [...document.querySelectorAll("#log li")].map((li) => li.textContent) };
+}
