@@ -4,6 +4,7 @@
 // and its arguments; it returns plain JSON for the test to check.
 
 const sleep = (ms) => new Promise((r) => setTimeout(r, ms));
+const STALL_MS = 20_000;
 
 /**
  * Counter-app stream: send {n: 1..n} on `key`, read every reply. Faults are
@@ -17,17 +18,31 @@ async function streamOne(lib, io, { url, key, n, faults = [], options = {} }) {
   client.on("*", (e) => events.push({ kind: e.kind, code: e.code, reason: e.reason }));
   await client.start();
   const got = [];
-  const reader = (async () => {
+  let progress = Date.now();
+  const reading = (async () => {
     // Until the reply to the last message: a duplicate or a loss shows in the result.
     for await (const m of client) {
       got.push(m);
+      progress = Date.now();
       if (m?.n === n || got.length >= 2 * n) return;
     }
   })();
+  // A stream that stops moving fails at once, with what it had, instead of at the test's timeout.
+  let watchdog;
+  const stalled = new Promise((_, reject) => {
+    watchdog = setInterval(() => {
+      if (Date.now() - progress < STALL_MS) return;
+      const last = got.at(-1);
+      reject(new Error(`${key}: no reply for ${STALL_MS} ms after ${got.length} (last ${JSON.stringify(last)}); ` +
+        `stats ${JSON.stringify(client.stats)}; events ${JSON.stringify(events)}`));
+    }, 500);
+  });
+  const reader = Promise.race([reading, stalled]).finally(() => clearInterval(watchdog));
+  reader.catch(() => {}); // observed below; a send may fail first
   const pending = [];
   const waitPoints = [...faults.slice(1).map((f) => f.at), n - Math.floor(n / 5)];
   for (let i = 1; i <= n; i++) {
-    await client.send({ n: i });
+    await Promise.race([client.send({ n: i }), reader.then(() => {})]);
     const f = faults.find((x) => x.at === i);
     if (f) pending.push(io.mark(f.name));
     if (waitPoints.includes(i) && pending.length) await pending.shift();

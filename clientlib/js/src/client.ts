@@ -68,7 +68,10 @@ export interface ClientOptions {
   connectTimeout?: number;
   /** For the first session, in start() (ms). */
   startTimeout?: number;
-  /** Stop with GaveUp after this long without a session (ms); default: retry forever. */
+  /**
+   * Stop with GaveUp when the next attempt would start more than this long after the
+   * session was lost (or start() was called) (ms); default: retry forever.
+   */
   giveUpAfter?: number;
   /** Send a keepalive after this long with nothing sent (ms). */
   heartbeatInterval?: number;
@@ -497,6 +500,7 @@ export class Client {
   }
 
   private retry(action: Action, hint: CloseHint, immediately: boolean): void {
+    if (this._state === "stopped") return; // an event listener closed the client
     const delay = immediately ? 0 : this.attempts.delay(action, hint, this.lived, this.o.rand());
     if (delay === null) return; // "stop" is handled by the callers
     if (this.giveUpAfter !== undefined && this.downSince !== null) {

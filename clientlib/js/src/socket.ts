@@ -133,7 +133,12 @@ export class Conn {
 
   /** A WebSocket ping (Node `ws` only; browsers cannot send one). */
   ping(): void {
-    if (!this.done && this.canPing) (this.ws as NodeWs).ping();
+    if (this.done || !this.canPing) return;
+    try {
+      (this.ws as NodeWs).ping();
+    } catch {
+      // closing already (ws throws unless OPEN): the close event follows
+    }
   }
 
   /** Close with a code; the `closed` handler still fires when the peer answers. */

@@ -401,6 +401,38 @@ test("wake('online') cuts a plain backoff short but keeps a server's hint", asyn
   });
 });
 
+test("a listener that closes the client when disconnected stops it for good", async () => {
+  await withServer({}, async (srv) => {
+    const c = client({ url: srv.url, key: "k", backoff: fast });
+    c.on("disconnected", () => void c.close());
+    void c.start();
+    const p = await srv.accept();
+    await p.next();
+    p.welcome("S");
+    await sleep(20);
+    p.ws.terminate();
+    await assert.rejects(srv.accept(300)); // no reconnect
+    assert.equal(c.state, "stopped");
+  });
+});
+
+test("binary frames holding JSON are accepted; invalid UTF-8 is a protocol error", async () => {
+  for (const ws of [undefined, BrowserLikeWebSocket]) {
+    await withServer({}, async (srv) => {
+      const c = client({ url: srv.url, key: "k", ...(ws ? { WebSocket: ws } : {}) });
+      void c.start();
+      const p = await srv.accept();
+      await p.next();
+      p.welcome("S");
+      p.ws.send(Buffer.from('{"t":"msg","seq":1,"ack":0,"d":"b\u00e9"}'), { binary: true });
+      assert.equal(await within(c.recv()), "bé");
+      p.ws.send(Buffer.from([0x7b, 0xff, 0xfe, 0x7d]), { binary: true });
+      await assert.rejects(within(c.recv()), ServerProtocolError);
+      assert.equal((await p.closed).code, 4502);
+    });
+  }
+});
+
 test("options are checked", () => {
   assert.throws(() => client({ url: "http://x/ws", key: "k" }), TypeError);
   assert.throws(() => client({ url: "ws://x/ws", key: "" }), TypeError);
