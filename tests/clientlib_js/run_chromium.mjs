@@ -30,10 +30,18 @@ const browser = await chromium.launch({
   ],
 });
 try {
-  const page = await browser.newPage();
+  const context = await browser.newContext();
+  const page = await context.newPage();
   page.on("console", (m) => process.stderr.write(`[page ${m.type()}] ${m.text()}\n`));
   page.on("pageerror", (e) => process.stderr.write(`[page error] ${e.stack || e}\n`));
-  await page.exposeFunction("__mark", (m) => {
+  await page.exposeFunction("__mark", async (m) => {
+    if (m === "browser:offline") {
+      // The browser's own fault: the network goes away for a moment (offline, online events).
+      await context.setOffline(true);
+      await new Promise((r) => setTimeout(r, 1000));
+      await context.setOffline(false);
+      return;
+    }
     process.stdout.write(JSON.stringify({ mark: m }) + "\n");
     return new Promise((resolve) => waiting.set(m, resolve));
   });

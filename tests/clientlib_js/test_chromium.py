@@ -37,3 +37,22 @@ async def test_move_and_sigterm_exactly_once(
     assert stats["resumes"] >= 2 and stats["notResumed"] == 0, (stats, log)
     assert "moved" in kinds and "not_resumed" not in kinds
     assert await owner_of(topo, key) != log[-1].split()[1]
+
+
+async def test_offline_then_online_resumes(topo: Topology, chromium: str, page_server: str) -> None:
+    """The page goes offline for a second (Chromium's network emulation): when the
+    browser says it is online again, the client replaces its connection and resumes."""
+    n = 2000
+    args = {
+        "url": topo.url,
+        "key": "doc:js-offline",
+        "n": n,
+        "faults": [{"at": n // 2, "name": "browser:offline"}],
+    }
+    result = await run_js(chromium_cmd(page_server + "/", "stream", args))
+    if os.environ.get("JS_E2E_REPORT"):
+        print(result["stats"], result["events"])
+    assert_exact(result, n)
+    assert result["stats"]["resumes"] >= 1 and result["stats"]["notResumed"] == 0
+    reasons = [e["reason"] for e in result["events"] if e["kind"] == "disconnected"]
+    assert "network changed" in reasons, result["events"]
