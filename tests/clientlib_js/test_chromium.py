@@ -14,7 +14,7 @@ from tests.e2e.conftest import owner_of
 
 pytestmark = [pytest.mark.slow, pytest.mark.timeout(120)]
 
-N = 6000
+N = 4000
 
 
 async def test_move_and_sigterm_exactly_once(
