@@ -1,9 +1,10 @@
 #!/usr/bin/env bash
 # System packages some tests and benchmarks use: nftables and iproute2 (network-fault
-# tests in a private namespace), nginx (relay benchmark only, with --bench).
+# tests in a private namespace), chromium (the JS client's browser tests), nginx (relay
+# benchmark only, with --bench).
 # Installs only what is missing, only as root with apt; otherwise says what it skips.
 set -u
-want=(nftables iproute2)
+want=(nftables iproute2 chromium)
 [ "${1:-}" = "--bench" ] && want+=(nginx-light)
 missing=()
 for p in "${want[@]}"; do
