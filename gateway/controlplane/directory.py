@@ -22,7 +22,7 @@ import time
 from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any
+from typing import Any, Protocol
 
 import orjson
 import structlog
@@ -34,7 +34,10 @@ from gateway.controlplane.planner import NodeLoad
 
 __all__ = [
     "EmbeddedDirectory",
+    "FileStorage",
+    "MemoryStorage",
     "NodeEntry",
+    "Storage",
 ]
 
 log = structlog.get_logger("gateway.directory")
@@ -67,16 +70,69 @@ class NodeEntry:
         )
 
 
+class Storage(Protocol):
+    """Where the directory's state lives between processes."""
+
+    def read(self) -> bytes | None: ...
+
+    def write(self, data: bytes) -> None:
+        """Replace the state durably: after it returns, a crash keeps ``data``."""
+
+
+class FileStorage:
+    """A file, replaced atomically and durably (write, fsync, rename, fsync the folder)."""
+
+    def __init__(self, path: str | Path):
+        self.path = Path(path)
+
+    def read(self) -> bytes | None:
+        try:
+            return self.path.read_bytes()
+        except FileNotFoundError:
+            return None
+
+    def write(self, data: bytes) -> None:
+        self.path.parent.mkdir(parents=True, exist_ok=True)
+        tmp = self.path.with_suffix(".tmp")
+        with open(tmp, "wb") as fh:
+            fh.write(data)
+            fh.flush()
+            os.fsync(fh.fileno())
+        os.replace(tmp, self.path)
+        dfd = os.open(self.path.parent, os.O_RDONLY)
+        try:
+            os.fsync(dfd)
+        finally:
+            os.close(dfd)
+
+
+class MemoryStorage:
+    """State kept in memory: it outlives an EmbeddedDirectory (the simulator's disk)."""
+
+    def __init__(self) -> None:
+        self.data: bytes | None = None
+        self.writes = 0
+
+    def read(self) -> bytes | None:
+        return self.data
+
+    def write(self, data: bytes) -> None:
+        self.data = data
+        self.writes += 1
+
+
 class EmbeddedDirectory:
     def __init__(
         self,
-        state_dir: str | Path,
+        storage: Storage | str | Path,
         *,
         lease_s: float = 3.0,
         num_slots: int = NUM_SLOTS,
         clock: Callable[[], float] = time.monotonic,
     ):
-        self.path = Path(state_dir) / "directory.json"
+        if isinstance(storage, str | Path):
+            storage = FileStorage(Path(storage) / "directory.json")
+        self.storage = storage
         self.lease_s = lease_s
         self.clock = clock
         self.nodes: dict[str, NodeEntry] = {}
@@ -90,11 +146,12 @@ class EmbeddedDirectory:
 
     def _load(self) -> None:
         try:
-            obj = orjson.loads(self.path.read_bytes())
-        except FileNotFoundError:
-            return
+            raw = self.storage.read()
+            if raw is None:
+                return
+            obj = orjson.loads(raw)
         except (OSError, orjson.JSONDecodeError) as exc:
-            raise ValueError(f"directory file {self.path} is unreadable: {exc}") from exc
+            raise ValueError(f"directory state is unreadable: {exc}") from exc
         self.table = SlotTable.from_json(obj["table"])
         self.epoch = max(int(obj["epoch"]), self.table.max_epoch())
         self.last_move_id = int(obj.get("last_move_id", 0))
@@ -127,18 +184,7 @@ class EmbeddedDirectory:
 
     def save(self) -> None:
         """Write the state durably (see the module doc)."""
-        self.path.parent.mkdir(parents=True, exist_ok=True)
-        tmp = self.path.with_suffix(".tmp")
-        with open(tmp, "wb") as fh:
-            fh.write(self.snapshot())
-            fh.flush()
-            os.fsync(fh.fileno())
-        os.replace(tmp, self.path)
-        dfd = os.open(self.path.parent, os.O_RDONLY)
-        try:
-            os.fsync(dfd)
-        finally:
-            os.close(dfd)
+        self.storage.write(self.snapshot())
 
     # ------------------------------------------------------------------ RouteSource
 
