@@ -4,6 +4,7 @@ from clientlib.client.client import Client, ClientStats, Event
 from clientlib.client.errors import (
     ClientClosed,
     ClientError,
+    GaveUp,
     HandshakeRefused,
     SendBufferFull,
     ServerProtocolError,
@@ -19,6 +20,7 @@ __all__ = [
     "ClientError",
     "ClientStats",
     "Event",
+    "GaveUp",
     "HandshakeRefused",
     "SendBufferFull",
     "ServerProtocolError",

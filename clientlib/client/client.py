@@ -14,7 +14,7 @@ import contextlib
 import random
 import time
 from collections import deque
-from collections.abc import AsyncIterator, Callable
+from collections.abc import AsyncIterator, Callable, Sequence
 from dataclasses import dataclass, field
 from typing import Any, Literal
 from urllib.parse import urlencode, urlsplit, urlunsplit
@@ -26,6 +26,7 @@ from websockets.exceptions import ConnectionClosed, InvalidHandshake, InvalidSta
 from clientlib.client.errors import (
     ClientClosed,
     ClientError,
+    GaveUp,
     HandshakeRefused,
     SendBufferFull,
     ServerProtocolError,
@@ -88,7 +89,7 @@ class Client:
 
     def __init__(
         self,
-        url: str,
+        url: str | Sequence[str],
         key: str,
         *,
         token: str | None = None,
@@ -104,18 +105,29 @@ class Client:
         ack_every: int = 32,
         ack_delay: float = 0.05,
         max_message: int = 1 << 20,
+        give_up_after: float | None = None,
         rand: Callable[[], float] = random.random,
     ):
-        parts = urlsplit(url)
-        if parts.scheme not in ("ws", "wss") or not parts.hostname:
-            raise ValueError(f"url must be ws:// or wss:// with a host, got {url!r}")
-        if not key or len(key) > 256:
-            raise ValueError("key must be a non-empty string of at most 256 characters")
+        if not key or len(key) > 256 or not key.isprintable():
+            raise ValueError("key must be 1..256 printable characters")
         if on_full not in ("wait", "raise"):
             raise ValueError("on_full must be 'wait' or 'raise'")
-        query = "&".join(q for q in (parts.query, urlencode({"key": key})) if q)
-        self.url = urlunsplit(parts._replace(query=query))
+        if give_up_after is not None and give_up_after <= 0:
+            raise ValueError("give_up_after must be > 0 seconds (or None: never)")
+        urls = [url] if isinstance(url, str) else list(url)
+        if not urls:
+            raise ValueError("give at least one gateway URL")
+        self.urls: list[str] = []
+        for u in urls:
+            parts = urlsplit(u)
+            if parts.scheme not in ("ws", "wss") or not parts.hostname:
+                raise ValueError(f"url must be ws:// or wss:// with a host, got {u!r}")
+            query = "&".join(q for q in (parts.query, urlencode({"key": key})) if q)
+            self.urls.append(urlunsplit(parts._replace(query=query)))
+        # Clients of one app spread over its gateways; after a failure, the next one.
+        self._url_index = int(rand() * len(self.urls)) % len(self.urls)
         self.key = key
+        self.give_up_after = give_up_after
         self.token = token
         self.backoff = backoff or BackoffPolicy()
         self.connect_timeout = connect_timeout
@@ -249,12 +261,32 @@ class Client:
 
     # ------------------------------------------------------------------ connection loop
 
+    @property
+    def url(self) -> str:
+        """The gateway URL the client uses now (or will try next)."""
+        return self.urls[self._url_index]
+
     async def _run(self) -> None:
         attempt = 0
+        down_since = time.monotonic()
         try:
             while not self._closing:
+                sessions = self.stats.connects
                 action, hint, lived = await self._connect_once()
                 if self._error is not None or action is Action.STOP:
+                    break
+                had_session = self.stats.connects > sessions
+                if had_session:
+                    down_since = time.monotonic()
+                if not had_session or action is Action.RECONNECT_WINDOW:
+                    # A failed attempt, or a gateway draining or going away: another
+                    # gateway (if there are several) is the better next try.
+                    self._url_index = (self._url_index + 1) % len(self.urls)
+                if (
+                    self.give_up_after is not None
+                    and time.monotonic() - down_since > self.give_up_after
+                ):
+                    self._error = GaveUp(f"no session for {self.give_up_after}s")
                     break
                 attempt = 0 if lived >= self.backoff.stable_after else attempt + 1
                 delay = reconnect_delay(

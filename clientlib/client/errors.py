@@ -7,6 +7,7 @@ ClientError
 ├── HandshakeRefused      the upgrade got a final HTTP error (400, 403, 404, 426)
 ├── SendBufferFull        send() with on_full="raise" while the bounded buffer is full
 ├── StartTimeout          the first connection did not come up in time
+├── GaveUp                no session for longer than give_up_after (an app's choice)
 └── ServerProtocolError   the server broke the session protocol
 """
 
@@ -15,6 +16,7 @@ from __future__ import annotations
 __all__ = [
     "ClientClosed",
     "ClientError",
+    "GaveUp",
     "HandshakeRefused",
     "SendBufferFull",
     "ServerProtocolError",
@@ -63,3 +65,7 @@ class StartTimeout(ClientError):
 
 class ServerProtocolError(ClientError):
     """The server sent something the session protocol does not allow."""
+
+
+class GaveUp(ClientError):
+    """No session could be had for longer than the client's ``give_up_after``."""

@@ -10,6 +10,7 @@ and checkpoint it may lose what was not written yet, and then the session is tol
 from __future__ import annotations
 
 import asyncio
+import itertools
 import signal
 from typing import Any
 
@@ -144,7 +145,7 @@ async def test_kill9_loss_is_always_told(tmp_path, mode):
                 got.add(m["n"])
                 seen.append((m["n"], m["count"], c.stats.not_resumed))
             assert c.stats.not_resumed >= 1
-            for (_, c1, r1), (_, c2, r2) in zip(seen, seen[1:], strict=False):
+            for (_, c1, r1), (_, c2, r2) in itertools.pairwise(seen):
                 assert c2 > c1 or r2 > r1, "the counter went back without a not-resumed"
     finally:
         await asyncio.get_running_loop().run_in_executor(None, t.stop, 10.0)

@@ -19,6 +19,7 @@ from backend.server import BackendServer
 from backend.store import SQLiteStore
 from clientlib import (
     Client,
+    GaveUp,
     HandshakeRefused,
     SendBufferFull,
     ServerProtocolError,
@@ -185,6 +186,75 @@ async def test_start_timeout_when_nothing_listens():
             pass
 
 
+async def test_a_welcome_later_than_connect_timeout_is_retried():
+    """Defect 8: a slow welcome used to kill the client for good."""
+    attempts = 0
+
+    async def handler(ws: ServerConnection) -> None:
+        nonlocal attempts
+        attempts += 1
+        await ws.recv()
+        if attempts == 1:
+            await asyncio.sleep(1.0)  # beyond the client's connect timeout
+        await ws.send('{"t":"welcome","sid":"s1","resumed":false,"last":0}')
+        await ws.wait_closed()
+
+    async with scripted(handler) as url:
+        async with Client(
+            url, "k", connect_timeout=0.3, backoff=BackoffPolicy(base=0.01, cap=0.05)
+        ) as c:
+            assert c.sid == "s1"
+        assert attempts == 2
+
+
+async def test_a_server_that_lost_acknowledged_state_does_not_resume(tmp_path):
+    """Defect 8: a backend that restarted from an older write (handoff mode, crash) had
+    processed fewer of our messages than it acknowledged: hello.ack makes it answer
+    resumed:false instead of resuming into a seq gap (a terminal 4502)."""
+    async with (
+        backend(tmp_path, durability="handoff") as (url, node, srv),
+        Client(url, "k", backoff=BackoffPolicy(base=0.01, cap=0.05)) as c,
+    ):
+        await c.send({"n": 1}, wait_ack=True)
+        node.flush_all()  # written with 1 processed
+        await c.send({"n": 2}, wait_ack=True)
+        await c.send({"n": 3}, wait_ack=True)
+        node.keys.clear()  # the crash: memory gone, the store has the state after 1
+        for ws in list(srv.conns):
+            ws.transport.abort()
+        await c.send({"n": 4}, wait_ack=True)
+        assert c.stats.not_resumed == 1 and not c.resumed
+        got = [await c.recv() for _ in range(4)]
+        assert [m["n"] for m in got][-1] == 4  # the session goes on, renumbered
+
+
+async def test_several_gateways_fail_over():
+    async def handler(ws: ServerConnection) -> None:
+        await ws.recv()
+        await ws.send('{"t":"welcome","sid":"s1","resumed":false,"last":0}')
+        await ws.wait_closed()
+
+    async with scripted(handler) as live:
+        dead = "ws://127.0.0.1:9/ws"
+        async with Client(
+            [dead, live], "k", rand=lambda: 0.0, backoff=BackoffPolicy(base=0.01, cap=0.05)
+        ) as c:
+            assert c.url.startswith(live)  # the dead one was tried first, then the next
+
+
+async def test_give_up_after():
+    c = Client(
+        "ws://127.0.0.1:9/",
+        "k",
+        give_up_after=0.3,
+        start_timeout=5,
+        backoff=BackoffPolicy(base=0.02, cap=0.05),
+    )
+    with pytest.raises(GaveUp):
+        await c.start()
+    await c.close()
+
+
 def test_bad_arguments():
     with pytest.raises(ValueError):
         Client("http://x/", "k")
@@ -192,6 +262,10 @@ def test_bad_arguments():
         Client("ws://x/", "")
     with pytest.raises(ValueError):
         Client("ws://x/", "k", on_full="drop")  # type: ignore[arg-type]
+    with pytest.raises(ValueError):
+        Client([], "k")
+    with pytest.raises(ValueError):
+        Client("ws://x/", "k", give_up_after=0)
 
 
 async def test_sync_client(tmp_path):
