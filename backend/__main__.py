@@ -60,6 +60,7 @@ async def serve(cfg: BackendConfig) -> None:
         credential=cfg.credential,
         direct=cfg.direct,
         node_held_bytes=cfg.node_held_bytes,
+        max_items=cfg.max_message_items,
     )
     host, port = parse_hostport(cfg.listen, "listen")
     tls = None

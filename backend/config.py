@@ -45,6 +45,9 @@ class BackendConfig:
     replay_max_count: int = setting(1024, "replay buffer per session: messages")
     replay_max_bytes: int = setting(1 << 20, "replay buffer per session: bytes")
     max_message: int = setting(1 << 20, "largest client message (close 1009)")
+    max_message_items: int = setting(
+        65536, "most JSON values one message may hold (close 1009): bounds its decoded size"
+    )
     session_ttl_s: float = setting(120.0, "a detached session is kept this long for a resume")
     key_idle_s: float = setting(30.0, "a key with no session is flushed and dropped after this")
     moved_window_ms: int = setting(5000, "longest window clients of a moved unit reconnect in")

@@ -82,8 +82,10 @@ class BackendServer:
         credential: str | None = None,
         direct: bool = True,
         node_held_bytes: int = 64 << 20,
+        max_items: int = 65536,
     ):
         self.node = node
+        self.max_items = max_items
         self.max_message = max_message
         self.credential = credential
         self.direct = direct
@@ -176,6 +178,7 @@ class BackendServer:
             wake.set,
             max_held_bytes=self.max_message,
             node_held_bytes=self.node_held_bytes,
+            max_items=self.max_items,
         )
         self.conns[ws] = conn
         writer = asyncio.get_running_loop().create_task(self._writer(ws, conn, wake, lock))

@@ -35,11 +35,21 @@ from clientlib.kernel.session_protocol import (
     encode,
 )
 
-__all__ = ["SessionConn"]
+__all__ = ["SessionConn", "json_items"]
 
 log = structlog.get_logger("backend.session")
 
 Raw = bytes | str
+
+# Messages below this size are not counted: they cannot build much.
+ITEM_CHECK_MIN = 16 * 1024
+
+
+def json_items(raw: Raw) -> int:
+    """An upper bound on the values a JSON text decodes to (separators and openers)."""
+    if isinstance(raw, str):
+        return raw.count(",") + raw.count("[") + raw.count("{") + 1
+    return raw.count(b",") + raw.count(b"[") + raw.count(b"{") + 1
 
 
 class SessionConn:
@@ -51,6 +61,7 @@ class SessionConn:
         "held_bytes",
         "key",
         "max_held_bytes",
+        "max_items",
         "node",
         "node_held_bytes",
         "notify",
@@ -67,12 +78,14 @@ class SessionConn:
         *,
         max_held_bytes: int = 1 << 20,
         node_held_bytes: int = 64 << 20,
+        max_items: int = 65536,
     ):
         self.node = node
         self.key = key
         self.epoch = epoch
         self.notify = notify
         self.max_held_bytes = max_held_bytes
+        self.max_items = max_items
         self.node_held_bytes = node_held_bytes
         self.session: Session | None = None
         self.welcome: bytes | None = None
@@ -98,6 +111,11 @@ class SessionConn:
         """One WebSocket message from the client. A protocol violation becomes a
         close request (4502), never an exception."""
         if self.closing is not None:
+            return
+        if len(raw) > ITEM_CHECK_MIN and json_items(raw) > self.max_items:
+            # A message's decoded form can be fifty times its size (a megabyte of "[],"
+            # is 350,000 lists): count what it would build before building it.
+            self.close(CloseCode.MESSAGE_TOO_BIG, "")
             return
         self.deferred = True
         try:

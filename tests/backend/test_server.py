@@ -30,7 +30,9 @@ pytestmark = pytest.mark.timeout(20)
 async def server(tmp_path, node_id: str = "n1", *, direct: bool = True, credential=None):
     store = SQLiteStore(tmp_path / "s.db")
     node = Node(CounterApp(), store, LoadMeter(1e6), BackendConfig(node_id=node_id, direct=True))
-    srv = BackendServer(node, max_message=64 * 1024, credential=credential, direct=direct)
+    srv = BackendServer(
+        node, max_message=64 * 1024, credential=credential, direct=direct, max_items=10_000
+    )
     await srv.start("127.0.0.1", 0)
     try:
         yield f"ws://127.0.0.1:{srv.port}/ws", node
@@ -67,6 +69,8 @@ HELLO = {"t": "hello", "sid": None, "last": 0}
         ([HELLO, {"t": "ack", "ack": 5}], 4502),  # ack for messages never sent
         ([HELLO, {"t": "hello", "sid": None, "last": 0}], 4502),  # hello twice
         ([HELLO, "x" * 70000], 1009),  # over max_message
+        # within max_message, but 20,000 lists once decoded (the limit here is 10,000)
+        ([HELLO, '{"t":"msg","seq":1,"ack":0,"d":[' + "[]," * 20000 + "[]]}"], 1009),
     ],
 )
 async def test_bad_session_input(tmp_path, frames, code):
