@@ -20,8 +20,8 @@ from backend.control_agent import ControlAgent
 from backend.control_client import ControlClient, LoopProbe
 from backend.load import LoadMeter
 from backend.node import Node
+from backend.redis_store import open_store
 from backend.server import BackendServer
-from backend.store import SQLiteStore
 from clientlib.kernel.logsetup import configure_logging
 from clientlib.kernel.session_protocol import CloseCode, CloseHint
 from clientlib.kernel.settings import (
@@ -51,7 +51,7 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
 async def serve(cfg: BackendConfig) -> None:
     node_id = cfg.node_id
     app = APPS[cfg.app]()
-    store = SQLiteStore(cfg.store)
+    store = open_store(cfg.store)
     meter = LoadMeter(cfg.capacity, high=cfg.high_water, low=cfg.low_water)
     node = Node(app, store, meter, cfg)
     server = BackendServer(

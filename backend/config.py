@@ -28,7 +28,9 @@ class BackendConfig:
     capacity: float = setting(1000.0, "messages/s this node carries at 100 %")
     high_water: float = setting(0.85, "utilization that raises the pressure flag")
     low_water: float = setting(0.70, "utilization below which pressure clears")
-    store: str = setting(".state/store.db", "SQLite state store path")
+    store: str = setting(
+        ".state/store.db", "the state store: an SQLite file path, or redis://HOST:PORT/DB"
+    )
     durability: Durability = setting("handoff", "handoff | checkpoint | write-through")
     checkpoint_s: float = setting(5.0, "checkpoint mode: changed keys are written this often")
     control: str | None = setting(None, "control endpoint, ws://HOST:PORT/v1/control")

@@ -1,10 +1,12 @@
 #!/usr/bin/env bash
 # System packages some tests and benchmarks use: nftables and iproute2 (network-fault
-# tests in a private namespace), chromium (the JS client's browser tests), nginx (relay
-# benchmark only, with --bench).
+# tests in a private namespace), chromium (the JS client's browser tests), redis-server
+# and etcd-server (the networked state store and directory; tests start their own
+# instances on free ports, never the system services), nginx (relay benchmark only,
+# with --bench).
 # Installs only what is missing, only as root with apt; otherwise says what it skips.
 set -u
-want=(nftables iproute2 chromium)
+want=(nftables iproute2 chromium redis-server etcd-server)
 [ "${1:-}" = "--bench" ] && want+=(nginx-light)
 missing=()
 for p in "${want[@]}"; do

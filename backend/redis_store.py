@@ -1,0 +1,119 @@
+"""The state store on Redis: the same fenced records as SQLite, reachable from any machine.
+
+Each key's record is a hash (``epoch``, ``owner``, ``blob``) under
+``{prefix}state:{key}``. A write is one Lua script, so the fence is checked and
+the record replaced atomically inside Redis: accepted at a higher epoch than
+the stored one, or at the same epoch by the same owner (see :mod:`backend.store`).
+The script also keeps ``{prefix}max_epoch``, the highest epoch ever written, which
+a backend reports when it registers so epochs never go back.
+
+Durability follows Redis's own: what each backend durability mode means on Redis
+depends on ``appendonly``/``appendfsync`` (see ``docs/backend.md``). Calls are
+synchronous, like SQLite's: a round trip on the event loop (tens of microseconds
+on loopback).
+"""
+
+from __future__ import annotations
+
+from typing import Any, Final
+from urllib.parse import urlsplit
+
+import redis
+
+from backend.store import StaleEpoch, StoredState, StoreError
+
+__all__ = ["RedisStore"]
+
+# KEYS: the record, the max-epoch key. ARGV: epoch, owner, blob.
+# Returns {1} when written, {0, stored_epoch, stored_owner} when fenced off.
+_SAVE: Final = """
+local cur = redis.call('HMGET', KEYS[1], 'epoch', 'owner')
+local epoch = tonumber(ARGV[1])
+if cur[1] then
+  local stored = tonumber(cur[1])
+  if epoch < stored or (epoch == stored and cur[2] ~= ARGV[2]) then
+    return {0, stored, cur[2]}
+  end
+end
+redis.call('HSET', KEYS[1], 'epoch', ARGV[1], 'owner', ARGV[2], 'blob', ARGV[3])
+local top = tonumber(redis.call('GET', KEYS[2]) or '0')
+if epoch > top then redis.call('SET', KEYS[2], ARGV[1]) end
+return {1}
+"""
+
+# KEYS: the record. ARGV: epoch, owner. Same fence, then delete.
+_DELETE: Final = """
+local cur = redis.call('HMGET', KEYS[1], 'epoch', 'owner')
+if not cur[1] then return {1} end
+local epoch = tonumber(ARGV[1])
+local stored = tonumber(cur[1])
+if epoch < stored or (epoch == stored and cur[2] ~= ARGV[2]) then
+  return {0, stored, cur[2]}
+end
+redis.call('DEL', KEYS[1])
+return {1}
+"""
+
+
+class RedisStore:
+    """``redis://HOST:PORT/DB`` (``rediss://`` for TLS); ``prefix`` namespaces the keys."""
+
+    def __init__(self, url: str, *, prefix: str = "anchorage:", timeout_s: float = 5.0):
+        parts = urlsplit(url)
+        if parts.scheme not in ("redis", "rediss") or not parts.hostname:
+            raise ValueError(f"store: expected redis://HOST:PORT/DB, got {url!r}")
+        self.url = url
+        self.prefix = prefix
+        self._r: Any = redis.Redis.from_url(
+            url, socket_timeout=timeout_s, socket_connect_timeout=timeout_s
+        )
+        self._save = self._r.register_script(_SAVE)
+        self._delete = self._r.register_script(_DELETE)
+        self._max_key = f"{prefix}max_epoch"
+
+    def _key(self, key: str) -> str:
+        return f"{self.prefix}state:{key}"
+
+    def load(self, key: str) -> StoredState | None:
+        try:
+            row = self._r.hmget(self._key(key), "epoch", "owner", "blob")
+        except redis.RedisError as exc:
+            raise StoreError(f"load {key!r}: {exc}") from exc
+        if row[0] is None:
+            return None
+        return StoredState(int(row[0]), row[1].decode() if row[1] else "", bytes(row[2] or b""))
+
+    def save(self, key: str, epoch: int, owner: str, blob: bytes) -> None:
+        try:
+            res = self._save(keys=[self._key(key), self._max_key], args=[epoch, owner, blob])
+        except redis.RedisError as exc:
+            raise StoreError(f"save {key!r}: {exc}") from exc
+        if int(res[0]) == 0:
+            raise StaleEpoch(key, epoch, int(res[1]), res[2].decode() if res[2] else "")
+
+    def delete(self, key: str, epoch: int, owner: str) -> None:
+        try:
+            res = self._delete(keys=[self._key(key)], args=[epoch, owner])
+        except redis.RedisError as exc:
+            raise StoreError(f"delete {key!r}: {exc}") from exc
+        if int(res[0]) == 0:
+            raise StaleEpoch(key, epoch, int(res[1]), res[2].decode() if res[2] else "")
+
+    def max_epoch(self) -> int:
+        try:
+            v = self._r.get(self._max_key)
+        except redis.RedisError as exc:
+            raise StoreError(f"max_epoch: {exc}") from exc
+        return int(v or 0)
+
+    def close(self) -> None:
+        self._r.close()
+
+
+def open_store(spec: str) -> Any:
+    """The store a backend's ``store`` setting names: a redis:// URL or an SQLite path."""
+    if spec.startswith(("redis://", "rediss://")):
+        return RedisStore(spec)
+    from backend.store import SQLiteStore
+
+    return SQLiteStore(spec)
