@@ -313,3 +313,42 @@ async def test_per_address_limit_answers_429():
         c = await connect(url(gw))  # a slot freed up
         await c.close()
         await b2.close()
+
+
+async def report_path(ws: ServerConnection) -> None:
+    assert ws.request is not None
+    await ws.send(ws.request.path)
+    with contextlib.suppress(ConnectionClosed):
+        await ws.recv()
+
+
+async def test_query_token_never_reaches_the_backend():
+    secret = "s" * 32
+    token = make_token(secret, "alice", ["room:*"])
+    async with plain_server(report_path) as b, gateway([b], jwt_secret=secret) as gw:
+        async with connect(f"ws://127.0.0.1:{gw.port}/ws?key=room:1&token={token}&v=2") as ws:
+            path = await ws.recv()
+        assert path == "/ws?key=room:1&v=2"
+
+
+UPGRADE = (
+    b"GET /ws?key=a HTTP/1.1\r\nHost: x\r\nUpgrade: websocket\r\nConnection: Upgrade\r\n"
+    b"Sec-WebSocket-Key: MDEyMzQ1Njc4OWFiY2RlZg==\r\nSec-WebSocket-Version: 13\r\n"
+)
+
+
+async def raw_status(port: int, data: bytes) -> bytes:
+    r, w = await asyncio.open_connection("127.0.0.1", port)
+    w.write(data)
+    head = await asyncio.wait_for(r.read(200), 5)
+    w.close()
+    return head[:12]
+
+
+async def test_head_limit_and_http_version_over_a_socket():
+    async with plain_server() as b, gateway([b]) as gw:
+        big = UPGRADE + b"X-Big: " + b"x" * (71 * 1024) + b"\r\n\r\n"  # one write
+        assert await raw_status(gw.port, big) == b"HTTP/1.1 431"
+        old = UPGRADE.replace(b"HTTP/1.1", b"HTTP/1.0", 1) + b"\r\n"
+        assert await raw_status(gw.port, old) == b"HTTP/1.1 400"
+        assert await raw_status(gw.port, UPGRADE + b"\r\n") == b"HTTP/1.1 101"
