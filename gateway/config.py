@@ -34,6 +34,7 @@ class GatewayConfig:
     # the same), for plain WebSocket servers whose clients send none.
     require_key: bool = setting(True, "off: route upgrades without a key as the empty key")
     jwt_secret: str | None = setting(None, "require HS256 tokens signed with this secret")
+    jwt_leeway_s: float = setting(0.0, "clock skew allowed on a token's exp and nbf")
     allowed_origins: list[str] = setting(
         default_factory=list, help="Origin allow-list (empty: any)", metavar="ORIGIN"
     )
@@ -81,6 +82,8 @@ class GatewayConfig:
         ):
             if getattr(self, name) <= 0:
                 raise ConfigError(f"config: {name} must be > 0")
+        if self.jwt_leeway_s < 0:
+            raise ConfigError("config: jwt_leeway_s must be >= 0")
         if self.max_connections < 0 or self.reroute_retries < 0 or self.max_conns_per_ip < 0:
             raise ConfigError(
                 "config: max_connections, max_conns_per_ip and reroute_retries must be >= 0"

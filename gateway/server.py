@@ -67,7 +67,11 @@ class Gateway:
         self._counted: set[ClientSide] = set()  # connections counted in per_ip
         fds = raise_fd_limit()
         self.max_connections = config.max_connections or max((fds - FD_RESERVE) // 2, 1)
-        self.auth = TokenVerifier(config.jwt_secret) if config.jwt_secret else None
+        self.auth = (
+            TokenVerifier(config.jwt_secret, leeway_s=config.jwt_leeway_s)
+            if config.jwt_secret
+            else None
+        )
         self.draining = False
         self.drain_hint = CloseHint(window_ms=int(config.drain_window_s * 1000)).encode()
         # Set by the control plane: returns a Retry-After (seconds) while shedding, else None.

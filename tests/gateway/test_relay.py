@@ -228,6 +228,7 @@ async def test_tokens():
             (None, 401),
             ("garbage", 401),
             (make_token(secret, "alice", ["room:*"], ttl_s=-60), 401),
+            (make_token(secret, "alice", ["room:*"], ttl_s=-2), 401),  # no leeway by default
             (make_token("x" * 32, "alice", ["room:*"]), 401),
             (make_token(secret, "alice", ["doc:*"]), 403),
         ):
