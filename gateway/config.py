@@ -47,6 +47,10 @@ class GatewayConfig:
     write_high_water: int = setting(64 * 1024, "socket write buffer before the peer is paused")
     slow_consumer_s: float = setting(10.0, "a client whose buffer stays full this long: 4001")
     idle_timeout_s: float = setting(300.0, "nothing either way for this long: close 4004")
+    control_frame_rate: float = setting(
+        10.0, "pings and pongs per second a client may send on average (0: no limit); 1008"
+    )
+    control_frame_burst: int = setting(50, "pings and pongs a client may send at once")
     max_connections: int = setting(0, "0: derived from the descriptor limit; above it 503")
     max_conns_per_ip: int = setting(0, "open connections per client address; 0: no limit")
     reroute_retries: int = setting(3, "re-routes after a backend's 421")
@@ -82,6 +86,8 @@ class GatewayConfig:
         ):
             if getattr(self, name) <= 0:
                 raise ConfigError(f"config: {name} must be > 0")
+        if self.control_frame_rate < 0 or self.control_frame_burst < 1:
+            raise ConfigError("config: control_frame_rate must be >= 0, control_frame_burst >= 1")
         if self.jwt_leeway_s < 0:
             raise ConfigError("config: jwt_leeway_s must be >= 0")
         if self.max_connections < 0 or self.reroute_retries < 0 or self.max_conns_per_ip < 0:

@@ -71,6 +71,8 @@ class RelayLimits:
     handshake_timeout_s: float = 10.0
     slow_consumer_s: float = 10.0
     idle_timeout_s: float = 300.0
+    control_frame_rate: float = 10.0  # pings and pongs per second from a client; 0: no limit
+    control_frame_burst: int = 50
     close_linger_s: float = 5.0  # how long a closing peer may take to answer our close
 
 
@@ -146,7 +148,12 @@ class ClientSide(asyncio.Protocol):
             key_header=lim.key_header,
             require_key=lim.require_key,
         )
-        self.c2b = FrameTracker(masked=True, max_frame=lim.max_frame_bytes)
+        self.c2b = FrameTracker(
+            masked=True,
+            max_frame=lim.max_frame_bytes,
+            control_rate=lim.control_frame_rate,
+            control_burst=lim.control_frame_burst,
+        )
         self.b2c = FrameTracker(masked=False, max_frame=1 << 62)
         self.key = ""
         self.node = ""
@@ -251,7 +258,8 @@ class ClientSide(asyncio.Protocol):
     # ------------------------------------------------------------------ relay
 
     def violation(self, code: int) -> None:
-        """The client broke the framing rules (1002) or sent a frame too big (1009)."""
+        """The client broke the framing rules (1002), sent too many control frames (1008)
+        or a frame too big (1009)."""
         self.host.metrics.violations.labels(str(code)).inc()
         self.closed_by = "gateway"
         self.close_code = code
@@ -313,8 +321,10 @@ class ClientSide(asyncio.Protocol):
             self.backend.transport.resume_reading()
 
     def tick(self, now: float) -> None:
-        """Housekeeping, once a second: cut a slow consumer, close an idle connection."""
+        """Housekeeping, once a second: the client's control-frame budget, cut a slow
+        consumer, close an idle connection."""
         lim = self.host.limits
+        self.c2b.refill(now)
         if self.paused_since is not None and now - self.paused_since > lim.slow_consumer_s:
             self.cut_slow_consumer()
         elif self.state == RELAY:

@@ -58,6 +58,8 @@ class Gateway:
             handshake_timeout_s=config.handshake_timeout_s,
             slow_consumer_s=config.slow_consumer_s,
             idle_timeout_s=config.idle_timeout_s,
+            control_frame_rate=config.control_frame_rate,
+            control_frame_burst=config.control_frame_burst,
         )
         self.directory = directory
         self.metrics = metrics or GatewayMetrics()

@@ -353,3 +353,25 @@ async def test_head_limit_and_http_version_over_a_socket():
         old = UPGRADE.replace(b"HTTP/1.1", b"HTTP/1.0", 1) + b"\r\n"
         assert await raw_status(gw.port, old) == b"HTTP/1.1 400"
         assert await raw_status(gw.port, UPGRADE + b"\r\n") == b"HTTP/1.1 101"
+
+
+async def test_ping_flood_is_closed_1008_and_others_unaffected():
+    async with (
+        plain_server() as b,
+        gateway([b], control_frame_rate=10, control_frame_burst=20) as gw,
+        connect(url(gw, "witness")) as witness,
+    ):
+        r, w = await asyncio.open_connection("127.0.0.1", gw.port)
+        w.write(UPGRADE.replace(b"key=a", b"key=flood") + b"\r\n")
+        assert (await r.readuntil(b"\r\n\r\n")).startswith(b"HTTP/1.1 101")
+        ping = b"\x89\x80abcd"  # masked, empty
+        for _ in range(100):
+            w.write(ping * 100)
+        with contextlib.suppress(ConnectionResetError):  # unread pings: the close may reset
+            while await asyncio.wait_for(r.read(65536), 5):
+                pass
+        assert gw.metrics.violations.labels("1008")._value.get() == 1
+        w.close()
+        await witness.ping()  # a few pings are fine
+        await witness.send("still here")
+        assert await witness.recv() == "still here"
