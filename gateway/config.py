@@ -52,7 +52,11 @@ class GatewayConfig:
     )
     control_frame_burst: int = setting(50, "pings and pongs a client may send at once")
     max_connections: int = setting(0, "0: derived from the descriptor limit; above it 503")
-    max_conns_per_ip: int = setting(0, "open connections per client address; 0: no limit")
+    max_conns_per_ip: int = setting(1024, "open connections per client address; 0: no limit")
+    max_pending_per_ip: int = setting(32, "unfinished upgrades per client address; 0: no limit")
+    max_pending_handshakes: int = setting(
+        2048, "unfinished upgrades in all; above it the oldest is dropped; 0: no limit"
+    )
     reroute_retries: int = setting(3, "re-routes after a backend's 421")
     drain_window_s: float = setting(5.0, "drain spreads its closes over this window")
     drain_deadline_s: float = setting(15.0, "drain exits at this deadline")
@@ -90,9 +94,14 @@ class GatewayConfig:
             raise ConfigError("config: control_frame_rate must be >= 0, control_frame_burst >= 1")
         if self.jwt_leeway_s < 0:
             raise ConfigError("config: jwt_leeway_s must be >= 0")
-        if self.max_connections < 0 or self.reroute_retries < 0 or self.max_conns_per_ip < 0:
-            raise ConfigError(
-                "config: max_connections, max_conns_per_ip and reroute_retries must be >= 0"
-            )
+        for name in (
+            "max_connections",
+            "max_conns_per_ip",
+            "max_pending_per_ip",
+            "max_pending_handshakes",
+            "reroute_retries",
+        ):
+            if getattr(self, name) < 0:
+                raise ConfigError(f"config: {name} must be >= 0")
         if self.log_level not in ("debug", "info", "warning", "error"):
             raise ConfigError("config: log_level: expected debug, info, warning or error")

@@ -23,6 +23,11 @@ class GatewayMetrics:
         self.slow_consumers = Counter(
             "gateway_slow_consumers", "Clients cut off for not reading", registry=r
         )
+        self.evicted = Counter(
+            "gateway_handshakes_evicted",
+            "Unfinished upgrades dropped to make room for new ones (also counted as 408)",
+            registry=r,
+        )
         self.idle_closed = Counter("gateway_idle_closed", "Connections closed idle", registry=r)
         self.reroutes = Counter("gateway_reroutes", "Upgrades re-routed after 421", registry=r)
         self.backend_unreachable = Counter(

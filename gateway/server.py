@@ -67,6 +67,9 @@ class Gateway:
         self.conns: set[ClientSide] = set()
         self.per_ip: dict[str, int] = {}  # open connections per client address
         self._counted: set[ClientSide] = set()  # connections counted in per_ip
+        # Connections still reading their upgrade, oldest first, and their count per address.
+        self.pending: dict[ClientSide, None] = {}
+        self.pending_per_ip: dict[str, int] = {}
         fds = raise_fd_limit()
         self.max_connections = config.max_connections or max((fds - FD_RESERVE) // 2, 1)
         self.auth = (
@@ -104,26 +107,55 @@ class Gateway:
     # ------------------------------------------------------------------ ConnectionHost
 
     def accepted(self, conn: ClientSide) -> HandshakeError | None:
+        """Limits on a new connection: in all (503), per address (429), and on unfinished
+        upgrades, per address (429) and in all (the oldest unfinished one is dropped)."""
         self.conns.add(conn)
         if len(self.conns) > self.max_connections:
             return HandshakeError(503, "gateway at connection limit", (("Retry-After", "5"),))
-        limit = self.config.max_conns_per_ip
-        if limit:
-            n = self.per_ip.get(conn.peer_ip, 0)
-            if n >= limit:
-                return HandshakeError(
-                    429, "too many connections from this address", (("Retry-After", "1"),)
-                )
-            self.per_ip[conn.peer_ip] = n + 1
+        cfg = self.config
+        ip = conn.peer_ip
+        n = self.per_ip.get(ip, 0)
+        if cfg.max_conns_per_ip and n >= cfg.max_conns_per_ip:
+            return HandshakeError(
+                429, "too many connections from this address", (("Retry-After", "1"),)
+            )
+        waiting = self.pending_per_ip.get(ip, 0)
+        if cfg.max_pending_per_ip and waiting >= cfg.max_pending_per_ip:
+            return HandshakeError(
+                429, "too many unfinished upgrades from this address", (("Retry-After", "1"),)
+            )
+        if cfg.max_conns_per_ip:
+            self.per_ip[ip] = n + 1
             self._counted.add(conn)
+        if cfg.max_pending_handshakes and len(self.pending) >= cfg.max_pending_handshakes:
+            # Full of unfinished upgrades: the one waiting longest goes. A client that
+            # sends its upgrade at once gets through; one holding a slot open does not.
+            oldest = next(iter(self.pending))
+            self._settled(oldest)
+            self.metrics.evicted.inc()
+            oldest.handshake_timeout()
+        self.pending[conn] = None
+        self.pending_per_ip[ip] = waiting + 1
         return None
 
+    def _settled(self, conn: ClientSide) -> None:
+        """``conn`` no longer waits for its upgrade (parsed, dropped or gone)."""
+        if conn in self.pending:
+            del self.pending[conn]
+            left = self.pending_per_ip.get(conn.peer_ip, 1) - 1
+            if left > 0:
+                self.pending_per_ip[conn.peer_ip] = left
+            else:
+                self.pending_per_ip.pop(conn.peer_ip, None)
+
     def upgrade(self, conn: ClientSide, up: Upgrade) -> None:
+        self._settled(conn)
         self.admit(up)
         self.loop.create_task(self.connect_backend(conn, up))
 
     def closed(self, conn: ClientSide, was_relaying: bool) -> None:
         self.conns.discard(conn)
+        self._settled(conn)
         if conn in self._counted:
             self._counted.discard(conn)
             left = self.per_ip.get(conn.peer_ip, 1) - 1

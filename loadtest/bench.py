@@ -36,6 +36,8 @@ from websockets.asyncio.client import connect
 from loadtest.topology import free_port
 
 TICK = os.sysconf("SC_CLK_TCK")
+# Every benchmark client comes from 127.0.0.1: the gateway's per-address limits are off.
+ONE_ADDRESS = ["--max-conns-per-ip", "0", "--max-pending-per-ip", "0"]
 
 
 def proc_tree(pid: int) -> list[int]:
@@ -242,6 +244,7 @@ def start_system(name: str, backends: list[str], workdir: Path) -> System | None
             f"127.0.0.1:{free_port()}",
             "--log-level",
             "warning",
+            *ONE_ADDRESS,
         ]
         for b in backends:
             args += ["--static-backend", b]
@@ -371,6 +374,7 @@ def run_slow_reader(
             hose,
             "--log-level",
             "warning",
+            *ONE_ADDRESS,
         ],
         work / "gateway.log",
     )

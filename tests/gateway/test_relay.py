@@ -165,7 +165,10 @@ async def test_421_reroutes_to_new_owner():
 
 
 async def test_half_open_handshake_flood_times_out_and_others_still_work():
-    async with plain_server() as b, gateway([b], handshake_timeout_s=0.5) as gw:
+    async with (
+        plain_server() as b,
+        gateway([b], handshake_timeout_s=0.5, max_pending_per_ip=0) as gw,
+    ):
         writers = []
         for _ in range(300):
             _, w = await asyncio.open_connection("127.0.0.1", gw.port)
@@ -375,3 +378,57 @@ async def test_ping_flood_is_closed_1008_and_others_unaffected():
         await witness.ping()  # a few pings are fine
         await witness.send("still here")
         assert await witness.recv() == "still here"
+
+
+async def open_from(port: int, source: str, n: int, data: bytes = b"") -> list[Any]:
+    """``n`` raw connections from the loopback address ``source``; each sends ``data``."""
+    out = []
+    for _ in range(n):
+        r, w = await asyncio.open_connection("127.0.0.1", port, local_addr=(source, 0))
+        if data:
+            w.write(data)
+        out.append((r, w))
+    return out
+
+
+def test_per_address_limits_are_on_by_default():
+    cfg = GatewayConfig()
+    assert cfg.max_conns_per_ip > 0 and cfg.max_pending_per_ip > 0
+    assert cfg.max_pending_handshakes > 0
+
+
+async def test_unfinished_upgrades_per_address_answer_429():
+    async with plain_server() as b, gateway([b], max_pending_per_ip=8) as gw:
+        idle = await open_from(gw.port, "127.0.0.2", 20, b"GET /ws?key=a HTTP/1.1\r\n")
+        answers = [await asyncio.wait_for(r.read(12), 0.5) for r, _ in idle[8:]]
+        assert answers == [b"HTTP/1.1 429"] * 12
+        assert len(gw.pending) == 8 and gw.pending_per_ip == {"127.0.0.2": 8}
+        async with connect(url(gw)) as ws:  # another address is not affected
+            await ws.send("served")
+            assert await ws.recv() == "served"
+        for _, w in idle:
+            w.close()
+        await asyncio.sleep(0.2)
+        assert not gw.pending and not gw.pending_per_ip
+
+
+async def test_full_pending_table_drops_the_oldest_unfinished_upgrade():
+    async with (
+        plain_server() as b,
+        gateway([b], max_pending_handshakes=20, max_pending_per_ip=0) as gw,
+    ):
+        idle = await open_from(gw.port, "127.0.0.2", 20, b"GET /ws?key=a HTTP/1.1\r\n")
+        await asyncio.sleep(0.1)
+        assert len(gw.pending) == 20
+        for i in range(5):  # each new client pushes the oldest idle connection out, gets in
+            async with connect(url(gw, f"w{i}")) as ws:
+                await ws.send("served")
+                assert await ws.recv() == "served"
+            idle += await open_from(gw.port, "127.0.0.2", 1, b"GET /ws?key=a HTTP/1.1\r\n")
+            await asyncio.sleep(0.05)
+            assert len(gw.pending) == 20
+        assert gw.metrics.evicted._value.get() == 5
+        for r, _ in idle[:5]:  # the oldest went first
+            assert await asyncio.wait_for(r.read(), 1) == b""
+        for _, w in idle:
+            w.close()
