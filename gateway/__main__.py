@@ -6,6 +6,7 @@ import argparse
 import asyncio
 import signal
 import sys
+from functools import partial
 
 import structlog
 import uvloop
@@ -67,13 +68,15 @@ async def serve(cfg: GatewayConfig) -> None:
     await gw.start()
     admin_port = await admin.start(ahost, aport)
     log.info("admin_listening", address=f"{ahost}:{admin_port}", control=controller is not None)
-    stop = asyncio.Event()
     loop = asyncio.get_running_loop()
-    loop.add_signal_handler(signal.SIGTERM, stop.set)
-    loop.add_signal_handler(signal.SIGINT, stop.set)
-    await stop.wait()
-    log.info("gateway_stopping", connections=len(gw.conns))
-    await gw.drain()
+    for sig in (signal.SIGTERM, signal.SIGINT):
+        loop.add_signal_handler(sig, partial(gw.request_exit, final=True))
+    while True:
+        await gw.exit_requested.wait()
+        log.info("gateway_stopping", connections=len(gw.conns))
+        if await gw.drain():
+            break
+        # POST /v1/undrain reopened the gateway before its drain was over: keep serving.
     if controller is not None:
         await controller.close()
     await admin.close()

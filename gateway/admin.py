@@ -6,7 +6,6 @@ Reads need the admin token when one is configured (``Authorization: Bearer``);
 
 from __future__ import annotations
 
-import asyncio
 import hmac
 from collections import Counter
 from collections.abc import Awaitable, Callable
@@ -60,6 +59,7 @@ class AdminAPI:
         r.add_get("/v1/connections", self.connections)
         r.add_get("/v1/status", self.status)
         r.add_post("/v1/drain", self.drain)
+        r.add_post("/v1/undrain", self.undrain)
         if controller is not None:
             r.add_get("/v1/control", controller.endpoint.handle)
             r.add_get("/v1/moves", self.moves)
@@ -163,8 +163,31 @@ class AdminAPI:
     # ------------------------------------------------------------------ writes
 
     async def drain(self, request: web.Request) -> web.Response:
-        asyncio.get_running_loop().create_task(self.gw.drain())
-        return _json({"draining": True}, 202)
+        """Drain; by default the process then exits (code 0), as on SIGTERM. With
+        ``{"exit": false}`` it stays up, refusing upgrades, until ``POST /v1/undrain``."""
+        try:
+            body = await request.json(loads=orjson.loads) if request.can_read_body else {}
+            exit_ = body.get("exit", True)
+        except (ValueError, AttributeError):
+            exit_ = None
+        if not isinstance(exit_, bool):
+            return _json({"error": 'body must be empty or {"exit": true | false}'}, 400)
+        stay = not exit_
+        gw = self.gw
+        if stay and gw.exit_requested.is_set():
+            return _json({"error": "already draining to exit; POST /v1/undrain first"}, 409)
+        if stay:
+            gw.begin_drain()
+        else:
+            gw.request_exit(final=False)
+        return _json(
+            {"draining": True, "exit": not stay, "deadline_s": gw.config.drain_deadline_s}, 202
+        )
+
+    async def undrain(self, request: web.Request) -> web.Response:
+        if not self.gw.undrain():
+            return _json({"error": "the gateway is exiting"}, 409)
+        return _json({"draining": False})
 
     async def rebalancer(self, request: web.Request) -> web.Response:
         assert self.controller is not None

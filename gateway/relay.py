@@ -207,6 +207,13 @@ class ClientSide(asyncio.Protocol):
             self.pending += data
             if len(self.pending) > self.host.limits.max_handshake_bytes:
                 self.reject(HandshakeError(400, "data before the handshake completed"))
+        elif (
+            self.state == CLOSING
+            and self.transport is not None
+            and (self.c2b.feed(data) or self.c2b.close_seen)
+        ):
+            # After our close frame, the client's answer (or a broken frame) ends it.
+            self.transport.close()
 
     def handshake_data(self, data: bytes) -> None:
         assert self.parser is not None

@@ -78,12 +78,17 @@ class Gateway:
             else None
         )
         self.draining = False
+        self.drained = asyncio.Event()  # the current drain is over: empty, late, or undone
+        self._drain_timers: list[asyncio.TimerHandle] = []
+        # The process should drain and exit (SIGTERM, or POST /v1/drain); after a
+        # signal ("final") there is no way back.
+        self.exit_requested = asyncio.Event()
+        self.exit_final = False
         self.drain_hint = CloseHint(window_ms=int(config.drain_window_s * 1000)).encode()
         # Set by the control plane: returns a Retry-After (seconds) while shedding, else None.
         self.admission: Callable[[], int | None] = lambda: None
         self.server: asyncio.Server | None = None
         self._sweeper: asyncio.Task[None] | None = None
-        self.closed_event = asyncio.Event()
 
     async def start(self) -> None:
         host, port = parse_hostport(self.config.listen, "listen")
@@ -166,7 +171,7 @@ class Gateway:
         if was_relaying:
             self._log_close(conn)
         if self.draining and not self.conns:
-            self.closed_event.set()
+            self.drained.set()
 
     # ------------------------------------------------------------------ admission
 
@@ -298,31 +303,70 @@ class Gateway:
             for c in list(self.conns):
                 c.tick(now)
 
-    async def drain(self) -> None:
-        """Refuse new upgrades; close clients with 1001 in waves; return when empty or late."""
+    def begin_drain(self) -> None:
+        """Refuse new upgrades and close clients with 1001, spread over the drain window;
+        at the deadline, cut whoever is left. Idempotent."""
         if self.draining:
-            await self.closed_event.wait()
             return
         self.draining = True
+        self.drained = asyncio.Event()
         cfg = self.config
         relaying = [c for c in self.conns if c.state == RELAY]
         log.info("gateway_draining", connections=len(relaying), window_s=cfg.drain_window_s)
-        for c in self.conns:
+        for c in list(self.conns):
             if c.state < RELAY:
                 c.drain_close()
         n = max(len(relaying), 1)
-        for i, c in enumerate(relaying):
+        self._drain_timers = [
             self.loop.call_later(
                 cfg.drain_window_s * i / n, c.drain_close, CloseCode.GOING_AWAY, self.drain_hint
             )
+            for i, c in enumerate(relaying)
+        ]
+        self._drain_timers.append(self.loop.call_later(cfg.drain_deadline_s, self._drain_late))
         if not self.conns:
-            self.closed_event.set()
-        with contextlib.suppress(TimeoutError):
-            await asyncio.wait_for(self.closed_event.wait(), cfg.drain_deadline_s)
+            self.drained.set()
+
+    def _drain_late(self) -> None:
         for c in list(self.conns):
             c.abort()
+        self.drained.set()
+
+    async def drain(self) -> bool:
+        """Drain (see :meth:`begin_drain`) and wait: True once no client is left (or the
+        deadline passed), False if :meth:`undrain` reopened the gateway first."""
+        self.begin_drain()
+        await self.drained.wait()
+        return self.draining
+
+    def undrain(self) -> bool:
+        """Reopen a draining gateway: new upgrades are admitted again and the closes not
+        yet sent are called off. False when the drain cannot be undone: it was started by
+        a signal, or it was for exiting and is over."""
+        if not self.draining:
+            return True
+        if self.exit_final or (self.exit_requested.is_set() and self.drained.is_set()):
+            return False
+        for t in self._drain_timers:
+            t.cancel()
+        self._drain_timers = []
+        for c in self.conns:
+            c.drain_pending = False
+        self.draining = False
+        self.exit_requested.clear()
+        self.drained.set()
+        log.info("gateway_undrained", connections=len(self.conns))
+        return True
+
+    def request_exit(self, *, final: bool) -> None:
+        """Ask the process to drain and exit (``final``: a signal, no undrain)."""
+        self.exit_final = self.exit_final or final
+        self.begin_drain()
+        self.exit_requested.set()
 
     async def close(self) -> None:
+        for t in self._drain_timers:
+            t.cancel()
         if self.server is not None:
             self.server.close()
         if self._sweeper is not None:

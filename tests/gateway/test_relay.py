@@ -270,6 +270,18 @@ def test_close_code_constants():
     assert CloseCode.SLOW_CONSUMER == 4001
 
 
+async def test_drained_client_answering_the_close_is_let_go_at_once():
+    """The client's close answer ends its connection; nobody waits for close_linger_s (5 s)."""
+    async with plain_server() as b, gateway([b], drain_window_s=0.1, drain_deadline_s=30) as gw:
+        conns = [await connect(url(gw, f"k{i}")) for i in range(3)]
+        async with asyncio.timeout(4):
+            drain = asyncio.create_task(gw.drain())
+            for ws in conns:
+                with pytest.raises(ConnectionClosed):
+                    await ws.recv()
+            assert await drain is True
+
+
 async def test_tls_termination(tmp_path):
     import ssl
     import subprocess
