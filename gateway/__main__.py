@@ -18,7 +18,7 @@ from clientlib.kernel.settings import (
     build_config,
     parse_hostport,
 )
-from gateway.admin import AdminAPI
+from gateway.admin import AdminAPI, admin_token
 from gateway.config import GatewayConfig
 from gateway.controlplane.controller import Controller
 from gateway.controlplane.directory import EmbeddedDirectory
@@ -56,6 +56,9 @@ async def serve(cfg: GatewayConfig) -> None:
             "config: give --static-backend HOST:PORT (repeatable) or "
             "--control-secret to let backends register"
         )
+    token, token_file = admin_token(cfg)
+    if token_file is not None:
+        log.info("admin_token_written", path=str(token_file))
     gw = Gateway(cfg, directory)
     controller = None
     if edir is not None:
@@ -63,7 +66,7 @@ async def serve(cfg: GatewayConfig) -> None:
         controller = Controller(edir, cfg.control_secret, gw.metrics, rebalance=cfg.rebalance)
         gw.admission = controller.admission
         controller.start()
-    admin = AdminAPI(gw, controller)
+    admin = AdminAPI(gw, controller, token)
     ahost, aport = parse_hostport(cfg.admin_listen, "admin_listen")
     await gw.start()
     admin_port = await admin.start(ahost, aport)

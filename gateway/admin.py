@@ -1,25 +1,34 @@
 """The admin HTTP API (aiohttp), on its own port, and the backends' control endpoint.
 
-Reads need the admin token when one is configured (``Authorization: Bearer``);
-``/healthz`` and ``/readyz`` are open, for load balancers.
+Every call but ``/healthz`` and ``/readyz`` (open, for load balancers) needs the
+admin token (``Authorization: Bearer``); ``/v1/control`` checks the control
+secret itself. There is always a token: the configured ``admin_token``, or one
+generated at start and written to ``state_dir/admin.token`` (mode 0600).
 """
 
 from __future__ import annotations
 
 import hmac
+import os
+import secrets
 from collections import Counter
 from collections.abc import Awaitable, Callable
+from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
 import orjson
 from aiohttp import web
 from prometheus_client import CONTENT_TYPE_LATEST, generate_latest
 
+from clientlib.kernel.settings import ConfigError
+from gateway.config import GatewayConfig
 from gateway.relay import RELAY
 
 __all__ = [
+    "TOKEN_FILE",
     "AdminAPI",
     "Handler",
+    "admin_token",
     "bearer_ok",
 ]
 
@@ -28,6 +37,31 @@ if TYPE_CHECKING:
     from gateway.server import Gateway
 
 Handler = Callable[[web.Request], Awaitable[web.StreamResponse]]
+
+TOKEN_FILE = "admin.token"
+OPEN_PATHS = frozenset({"/healthz", "/readyz", "/v1/control"})  # control: its own secret
+
+
+def admin_token(cfg: GatewayConfig) -> tuple[str, Path | None]:
+    """The admin token, and the file it was written to when none was configured: a new
+    random one each start, in ``state_dir/admin.token``, readable by this user only."""
+    if cfg.admin_token:
+        return cfg.admin_token, None
+    token = secrets.token_urlsafe(32)
+    path = Path(cfg.state_dir) / TOKEN_FILE
+    tmp = path.with_name(f".{TOKEN_FILE}.{os.getpid()}")
+    try:
+        path.parent.mkdir(parents=True, exist_ok=True, mode=0o700)
+        fd = os.open(tmp, os.O_WRONLY | os.O_CREAT | os.O_TRUNC, 0o600)
+        with os.fdopen(fd, "w") as f:
+            f.write(token + "\n")
+        os.replace(tmp, path)
+    except OSError as exc:
+        raise ConfigError(
+            f"config: cannot write the admin token to {path} ({exc.strerror}): "
+            "set admin_token or a writable state_dir"
+        ) from None
+    return token, path
 
 
 def _json(obj: Any, status: int = 200) -> web.Response:
@@ -46,9 +80,10 @@ def bearer_ok(request: web.Request, secret: str | None) -> bool:
 
 
 class AdminAPI:
-    def __init__(self, gw: Gateway, controller: Controller | None):
+    def __init__(self, gw: Gateway, controller: Controller | None, token: str):
         self.gw = gw
         self.controller = controller
+        self.token = token
         self.app = web.Application(middlewares=[self._auth])
         r = self.app.router
         r.add_get("/healthz", self.healthz)
@@ -70,8 +105,7 @@ class AdminAPI:
 
     @web.middleware
     async def _auth(self, request: web.Request, handler: Handler) -> web.StreamResponse:
-        open_paths = ("/healthz", "/readyz", "/v1/control")  # control checks its own secret
-        if request.path not in open_paths and not bearer_ok(request, self.gw.config.admin_token):
+        if request.path not in OPEN_PATHS and not bearer_ok(request, self.token):
             return _json({"error": "admin token required"}, 401)
         return await handler(request)
 

@@ -19,7 +19,9 @@ __all__ = ["GatewayConfig"]
 class GatewayConfig:
     listen: str = setting("127.0.0.1:9000", "HOST:PORT for clients")
     admin_listen: str = setting("127.0.0.1:9090", "HOST:PORT for the admin API and control")
-    admin_token: str | None = setting(None, "bearer token for the admin API")
+    admin_token: str | None = setting(
+        None, "bearer token for the admin API (none: a new one in state_dir/admin.token)"
+    )
     control_secret: str | None = setting(
         None, "enables the control plane; backends authenticate with it"
     )
@@ -60,7 +62,9 @@ class GatewayConfig:
     reroute_retries: int = setting(3, "re-routes after a backend's 421")
     drain_window_s: float = setting(5.0, "drain spreads its closes over this window")
     drain_deadline_s: float = setting(15.0, "drain exits at this deadline")
-    state_dir: str = setting(".state/gateway", "where the control plane keeps its table")
+    state_dir: str = setting(
+        ".state/gateway", "where the control plane keeps its table; the generated admin token"
+    )
     lease_s: float = setting(3.0, "backend lease")
     rebalance: bool = setting(True, "move hot keys (off: static consistent hashing)")
     log_level: str = setting("info", "debug | info | warning | error")

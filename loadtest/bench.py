@@ -244,6 +244,8 @@ def start_system(name: str, backends: list[str], workdir: Path) -> System | None
             f"127.0.0.1:{free_port()}",
             "--log-level",
             "warning",
+            "--state-dir",
+            str(workdir / "gateway-state"),
             *ONE_ADDRESS,
         ]
         for b in backends:
@@ -374,6 +376,8 @@ def run_slow_reader(
             hose,
             "--log-level",
             "warning",
+            "--state-dir",
+            str(work / "gateway-state"),
             *ONE_ADDRESS,
         ],
         work / "gateway.log",
