@@ -8,9 +8,11 @@ generated at start and written to ``state_dir/admin.token`` (mode 0600).
 
 from __future__ import annotations
 
+import asyncio
 import hmac
 import os
 import secrets
+import ssl
 from collections import Counter
 from collections.abc import Awaitable, Callable
 from pathlib import Path
@@ -21,6 +23,7 @@ from aiohttp import web
 from prometheus_client import CONTENT_TYPE_LATEST, generate_latest
 
 from clientlib.kernel.settings import ConfigError
+from gateway.admin_listener import AdminGuard, GuardedConnection
 from gateway.config import GatewayConfig
 from gateway.relay import RELAY
 
@@ -84,7 +87,7 @@ class AdminAPI:
         self.gw = gw
         self.controller = controller
         self.token = token
-        self.app = web.Application(middlewares=[self._auth])
+        self.app = web.Application(middlewares=[self._guarded, self._auth], client_max_size=1 << 16)
         r = self.app.router
         r.add_get("/healthz", self.healthz)
         r.add_get("/readyz", self.readyz)
@@ -96,12 +99,33 @@ class AdminAPI:
         r.add_post("/v1/drain", self.drain)
         r.add_post("/v1/undrain", self.undrain)
         if controller is not None:
-            r.add_get("/v1/control", controller.endpoint.handle)
+            r.add_get("/v1/control", self.control)
             r.add_get("/v1/moves", self.moves)
             r.add_post("/v1/rebalancer/{action:pause|resume}", self.rebalancer)
             r.add_post("/v1/move", self.move)
             r.add_post("/v1/nodes/{node}/drain", self.node_drain)
         self.runner: web.AppRunner | None = None
+        self.guard: AdminGuard | None = None
+        self.server: asyncio.Server | None = None
+
+    @web.middleware
+    async def _guarded(self, request: web.Request, handler: Handler) -> web.StreamResponse:
+        """The head is in: the connection is busy until the answer; its body has
+        ``admin_timeout_s`` to arrive."""
+        guard = self.guard
+        if guard is None:
+            return await handler(request)
+        conn = guard.begin(request.transport)
+        try:
+            if request.body_exists:
+                try:
+                    async with asyncio.timeout(guard.timeout_s):
+                        await request.read()
+                except TimeoutError:
+                    return _json({"error": "request body too slow"}, 408)
+            return await handler(request)
+        finally:
+            guard.end(conn)
 
     @web.middleware
     async def _auth(self, request: web.Request, handler: Handler) -> web.StreamResponse:
@@ -110,16 +134,45 @@ class AdminAPI:
         return await handler(request)
 
     async def start(self, host: str, port: int) -> int:
-        self.runner = web.AppRunner(self.app, access_log=None)
+        """Listen (TLS with ``admin_tls_cert``), each connection under the guard."""
+        cfg = self.gw.config
+        timeout = cfg.admin_timeout_s
+        self.runner = web.AppRunner(self.app, access_log=None, keepalive_timeout=timeout)
         await self.runner.setup()
-        site = web.TCPSite(self.runner, host, port, reuse_address=True)
-        await site.start()
-        addresses = self.runner.addresses
-        return int(addresses[0][1]) if addresses else port
+        server = self.runner.server
+        assert server is not None
+        loop = asyncio.get_running_loop()
+        guard = self.guard = AdminGuard(loop, limit=cfg.admin_max_connections, timeout_s=timeout)
+        ctx = None
+        if cfg.admin_tls_cert and cfg.admin_tls_key:
+            ctx = ssl.create_default_context(ssl.Purpose.CLIENT_AUTH)
+            ctx.load_cert_chain(cfg.admin_tls_cert, cfg.admin_tls_key)
+        self.server = await loop.create_server(
+            lambda: GuardedConnection(guard, server),
+            host,
+            port,
+            ssl=ctx,
+            ssl_handshake_timeout=timeout if ctx else None,
+            reuse_address=True,
+        )
+        return int(self.server.sockets[0].getsockname()[1])
 
     async def close(self) -> None:
+        if self.server is not None:
+            self.server.close()
+        if self.guard is not None:
+            self.guard.close()
         if self.runner is not None:
             await self.runner.cleanup()
+
+    async def control(self, request: web.Request) -> web.StreamResponse:
+        """A backend's control socket: once its secret checks out, it no longer counts
+        against ``admin_max_connections``."""
+        assert self.controller is not None
+        endpoint = self.controller.endpoint
+        if self.guard is not None and bearer_ok(request, endpoint.secret):
+            self.guard.to_control(self.guard.begin(request.transport))
+        return await endpoint.handle(request)
 
     # ------------------------------------------------------------------ reads
 
@@ -200,7 +253,7 @@ class AdminAPI:
         """Drain; by default the process then exits (code 0), as on SIGTERM. With
         ``{"exit": false}`` it stays up, refusing upgrades, until ``POST /v1/undrain``."""
         try:
-            body = await request.json(loads=orjson.loads) if request.can_read_body else {}
+            body = await request.json(loads=orjson.loads) if request.body_exists else {}
             exit_ = body.get("exit", True)
         except (ValueError, AttributeError):
             exit_ = None

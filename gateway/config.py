@@ -22,6 +22,14 @@ class GatewayConfig:
     admin_token: str | None = setting(
         None, "bearer token for the admin API (none: a new one in state_dir/admin.token)"
     )
+    admin_max_connections: int = setting(
+        64, "admin connections besides control sockets; a new one closes the longest idle"
+    )
+    admin_timeout_s: float = setting(
+        10.0, "an admin request head or body, or an idle admin connection: closed after this"
+    )
+    admin_tls_cert: str | None = setting(None, "PEM certificate: serve the admin port over TLS")
+    admin_tls_key: str | None = setting(None, "PEM private key for admin_tls_cert")
     control_secret: str | None = setting(
         None, "enables the control plane; backends authenticate with it"
     )
@@ -78,6 +86,10 @@ class GatewayConfig:
             raise ConfigError("config: static_backend and control_secret exclude each other")
         if (self.tls_cert is None) != (self.tls_key is None):
             raise ConfigError("config: tls_cert and tls_key go together")
+        if (self.admin_tls_cert is None) != (self.admin_tls_key is None):
+            raise ConfigError("config: admin_tls_cert and admin_tls_key go together")
+        if self.admin_max_connections < 1:
+            raise ConfigError("config: admin_max_connections must be >= 1")
         if not self.path_prefix.startswith("/"):
             raise ConfigError("config: path_prefix must start with /")
         for name in ("max_handshake_bytes", "max_frame_bytes", "write_high_water"):
@@ -85,6 +97,7 @@ class GatewayConfig:
                 raise ConfigError(f"config: {name} must be at least 1024")
         for name in (
             "handshake_timeout_s",
+            "admin_timeout_s",
             "connect_timeout_s",
             "slow_consumer_s",
             "idle_timeout_s",

@@ -26,7 +26,7 @@ __all__ = ["Gateway", "raise_fd_limit"]
 
 log = structlog.get_logger("gateway")
 
-FD_RESERVE = 64  # descriptors kept for listeners, logs, the store, the admin API
+FD_RESERVE = 64  # descriptors kept for listeners, logs, the state, control sockets
 
 
 def raise_fd_limit() -> int:
@@ -71,7 +71,9 @@ class Gateway:
         self.pending: dict[ClientSide, None] = {}
         self.pending_per_ip: dict[str, int] = {}
         fds = raise_fd_limit()
-        self.max_connections = config.max_connections or max((fds - FD_RESERVE) // 2, 1)
+        # Two descriptors per proxied connection; the admin listener has its own bound.
+        spare = fds - FD_RESERVE - config.admin_max_connections
+        self.max_connections = config.max_connections or max(spare // 2, 1)
         self.auth = (
             TokenVerifier(config.jwt_secret, leeway_s=config.jwt_leeway_s)
             if config.jwt_secret
@@ -97,7 +99,14 @@ class Gateway:
             ctx = ssl.create_default_context(ssl.Purpose.CLIENT_AUTH)
             ctx.load_cert_chain(self.config.tls_cert, self.config.tls_key)
         self.server = await self.loop.create_server(
-            lambda: ClientSide(self), host, port, ssl=ctx, backlog=4096, reuse_address=True
+            lambda: ClientSide(self),
+            host,
+            port,
+            ssl=ctx,
+            # A TLS handshake comes before the upgrade: it gets the same time.
+            ssl_handshake_timeout=self.config.handshake_timeout_s if ctx else None,
+            backlog=4096,
+            reuse_address=True,
         )
         self._sweeper = self.loop.create_task(self._sweep())
         log.info(

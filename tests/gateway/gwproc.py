@@ -7,6 +7,7 @@ import asyncio
 import contextlib
 import os
 import signal
+import ssl
 import subprocess
 import sys
 import time
@@ -36,6 +37,34 @@ async def plain_server(handler: Any = echo, **kw: Any) -> AsyncIterator[str]:
         yield f"127.0.0.1:{next(iter(srv.sockets)).getsockname()[1]}"
 
 
+def make_cert(directory: Path, name: str = "cert") -> tuple[Path, Path]:
+    """A self-signed certificate for 127.0.0.1 (PEM), and its key."""
+    cert, key = directory / f"{name}.pem", directory / f"{name}.key"
+    subprocess.run(
+        [
+            "openssl",
+            "req",
+            "-x509",
+            "-newkey",
+            "rsa:2048",
+            "-nodes",
+            "-days",
+            "1",
+            "-subj",
+            "/CN=127.0.0.1",
+            "-addext",
+            "subjectAltName=IP:127.0.0.1,DNS:backend.internal",
+            "-keyout",
+            str(key),
+            "-out",
+            str(cert),
+        ],
+        check=True,
+        capture_output=True,
+    )
+    return cert, key
+
+
 @dataclass
 class GatewayProc:
     proc: subprocess.Popen[bytes]
@@ -43,13 +72,15 @@ class GatewayProc:
     admin_port: int
     log: Path
     token: str | None
+    admin_ssl: ssl.SSLContext | None = None
 
     def url(self, key: str = "room:1") -> str:
         return f"ws://127.0.0.1:{self.port}/ws?key={key}"
 
     @property
     def admin_url(self) -> str:
-        return f"http://127.0.0.1:{self.admin_port}"
+        scheme = "https" if self.admin_ssl else "http"
+        return f"{scheme}://127.0.0.1:{self.admin_port}"
 
     def auth(self, token: str | None = None) -> dict[str, str]:
         t = token or self.token
@@ -60,7 +91,13 @@ class GatewayProc:
     ) -> tuple[int, Any]:
         async with (
             aiohttp.ClientSession() as s,
-            s.request(method, self.admin_url + path, json=body, headers=self.auth(token)) as r,
+            s.request(
+                method,
+                self.admin_url + path,
+                json=body,
+                headers=self.auth(token),
+                ssl=self.admin_ssl or True,
+            ) as r,
         ):
             text = await r.text()
             try:
@@ -85,6 +122,7 @@ async def gateway_process(
     *args: str,
     token: str | None = ADMIN_TOKEN,
     preexec_fn: Callable[[], None] | None = None,
+    admin_ssl: ssl.SSLContext | None = None,
 ) -> AsyncIterator[GatewayProc]:
     """Start ``python -m gateway`` with ``args`` (the admin token through the environment)
     and wait until it answers ``/healthz``; SIGTERM it at the end if it is still running."""
@@ -113,14 +151,14 @@ async def gateway_process(
             start_new_session=True,
             preexec_fn=preexec_fn,
         )
-    gw = GatewayProc(proc, port, aport, log, token)
+    gw = GatewayProc(proc, port, aport, log, token, admin_ssl)
     try:
         async with aiohttp.ClientSession() as s:
             for _ in range(150):
                 if proc.poll() is not None:
                     raise RuntimeError(f"gateway exited at start:\n{log.read_text()}")
                 with contextlib.suppress(aiohttp.ClientError, OSError):
-                    async with s.get(f"{gw.admin_url}/healthz") as r:
+                    async with s.get(f"{gw.admin_url}/healthz", ssl=admin_ssl or True) as r:
                         if r.status == 200:
                             break
                 await asyncio.sleep(0.1)
