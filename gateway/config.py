@@ -50,6 +50,13 @@ class GatewayConfig:
     )
     tls_cert: str | None = setting(None, "PEM certificate: terminate TLS")
     tls_key: str | None = setting(None, "PEM private key for tls_cert")
+    backend_tls: bool = setting(False, "dial backends over TLS, verifying their certificates")
+    backend_tls_ca: str | None = setting(None, "PEM CA bundle for backends (none: the system's)")
+    backend_tls_server_name: str | None = setting(
+        None, "name the backends' certificates carry (none: each backend's address)"
+    )
+    backend_tls_cert: str | None = setting(None, "PEM client certificate shown to backends")
+    backend_tls_key: str | None = setting(None, "PEM private key for backend_tls_cert")
     max_handshake_bytes: int = setting(16384, "upgrade request head limit")
     handshake_timeout_s: float = setting(10.0, "an unfinished upgrade is dropped after this")
     connect_timeout_s: float = setting(3.0, "backend connect timeout")
@@ -86,6 +93,11 @@ class GatewayConfig:
             raise ConfigError("config: static_backend and control_secret exclude each other")
         if (self.tls_cert is None) != (self.tls_key is None):
             raise ConfigError("config: tls_cert and tls_key go together")
+        if (self.backend_tls_cert is None) != (self.backend_tls_key is None):
+            raise ConfigError("config: backend_tls_cert and backend_tls_key go together")
+        backend_tls_set = (self.backend_tls_ca, self.backend_tls_cert, self.backend_tls_server_name)
+        if not self.backend_tls and any(v is not None for v in backend_tls_set):
+            raise ConfigError("config: backend_tls_* settings need backend_tls on")
         if (self.admin_tls_cert is None) != (self.admin_tls_key is None):
             raise ConfigError("config: admin_tls_cert and admin_tls_key go together")
         if self.admin_max_connections < 1:

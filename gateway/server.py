@@ -8,7 +8,7 @@ import resource
 import secrets
 import ssl
 import time
-from collections.abc import Callable
+from collections.abc import Awaitable, Callable
 from functools import partial
 
 import structlog
@@ -22,7 +22,7 @@ from gateway.metrics import GatewayMetrics
 from gateway.relay import CONNECTING, RELAY, BackendSide, ClientSide, RelayLimits
 from gateway.route_source import RouteSource
 
-__all__ = ["Gateway", "raise_fd_limit"]
+__all__ = ["Gateway", "backend_ssl_context", "raise_fd_limit"]
 
 log = structlog.get_logger("gateway")
 
@@ -37,6 +37,16 @@ def raise_fd_limit() -> int:
             resource.setrlimit(resource.RLIMIT_NOFILE, (hard, hard))
             soft = hard
     return soft
+
+
+def backend_ssl_context(config: GatewayConfig) -> ssl.SSLContext | None:
+    """The TLS client context for the backend hop, or None (plain TCP)."""
+    if not config.backend_tls:
+        return None
+    ctx = ssl.create_default_context(ssl.Purpose.SERVER_AUTH, cafile=config.backend_tls_ca)
+    if config.backend_tls_cert and config.backend_tls_key:
+        ctx.load_cert_chain(config.backend_tls_cert, config.backend_tls_key)
+    return ctx
 
 
 class Gateway:
@@ -89,6 +99,7 @@ class Gateway:
         self.drain_hint = CloseHint(window_ms=int(config.drain_window_s * 1000)).encode()
         # Set by the control plane: returns a Retry-After (seconds) while shedding, else None.
         self.admission: Callable[[], int | None] = lambda: None
+        self.backend_ssl = backend_ssl_context(config)
         self.server: asyncio.Server | None = None
         self._sweeper: asyncio.Task[None] | None = None
 
@@ -236,7 +247,7 @@ class Gateway:
             )
             try:
                 _, proto = await asyncio.wait_for(
-                    self.loop.create_connection(partial(BackendSide, client, node, conn), *addr),
+                    self._dial(partial(BackendSide, client, node, conn), addr),
                     cfg.connect_timeout_s,
                 )
             except (OSError, TimeoutError):
@@ -279,6 +290,21 @@ class Gateway:
             if 400 <= status < 500 and status != 408:
                 raise HandshakeError(status, "refused by backend")
             raise HandshakeError(502, "backend error")
+
+    def _dial(
+        self, factory: Callable[[], BackendSide], addr: tuple[str, int]
+    ) -> Awaitable[tuple[asyncio.BaseTransport, BackendSide]]:
+        """Open the backend hop, over TLS with ``backend_tls`` (a certificate that does not
+        verify fails like a refused connection)."""
+        if self.backend_ssl is None:
+            return self.loop.create_connection(factory, *addr)
+        return self.loop.create_connection(
+            factory,
+            *addr,
+            ssl=self.backend_ssl,
+            server_hostname=self.config.backend_tls_server_name or addr[0],
+            ssl_handshake_timeout=self.config.connect_timeout_s,
+        )
 
     # ------------------------------------------------------------------ lifecycle
 

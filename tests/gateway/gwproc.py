@@ -37,8 +37,10 @@ async def plain_server(handler: Any = echo, **kw: Any) -> AsyncIterator[str]:
         yield f"127.0.0.1:{next(iter(srv.sockets)).getsockname()[1]}"
 
 
-def make_cert(directory: Path, name: str = "cert") -> tuple[Path, Path]:
-    """A self-signed certificate for 127.0.0.1 (PEM), and its key."""
+def make_cert(
+    directory: Path, name: str = "cert", san: str = "IP:127.0.0.1,DNS:backend.internal"
+) -> tuple[Path, Path]:
+    """A self-signed certificate (PEM) for ``san``, and its key."""
     cert, key = directory / f"{name}.pem", directory / f"{name}.key"
     subprocess.run(
         [
@@ -53,7 +55,7 @@ def make_cert(directory: Path, name: str = "cert") -> tuple[Path, Path]:
             "-subj",
             "/CN=127.0.0.1",
             "-addext",
-            "subjectAltName=IP:127.0.0.1,DNS:backend.internal",
+            f"subjectAltName={san}",
             "-keyout",
             str(key),
             "-out",
