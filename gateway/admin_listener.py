@@ -30,27 +30,32 @@ log = structlog.get_logger("gateway.admin")
 
 
 class GuardedConnection(asyncio.Protocol):
-    """Counts one admin connection, then hands everything to the real protocol."""
+    """Counts one admin connection; the real protocol is made when its first bytes come
+    (a connection that never speaks costs a descriptor and nothing more)."""
 
-    __slots__ = ("factory", "guard", "inner", "transport")
+    __slots__ = ("admitted", "factory", "guard", "inner", "transport")
 
     def __init__(self, guard: AdminGuard, factory: Callable[[], asyncio.Protocol]):
         self.guard = guard
         self.factory = factory
+        self.admitted = False
         self.inner: asyncio.Protocol | None = None
         self.transport: asyncio.Transport | None = None
 
     def connection_made(self, transport: asyncio.BaseTransport) -> None:
         self.transport = cast(asyncio.Transport, transport)  # uvloop's are not subclasses
-        if not self.guard.opened(self):
+        self.admitted = self.guard.opened(self)
+        if not self.admitted:
             self.transport.abort()
-            return
-        self.inner = self.factory()
-        self.inner.connection_made(transport)
 
     def data_received(self, data: bytes) -> None:
-        if self.inner is not None:
-            self.inner.data_received(data)
+        inner = self.inner
+        if inner is None:
+            if not self.admitted or self.transport is None:
+                return
+            inner = self.inner = self.factory()
+            inner.connection_made(self.transport)
+        inner.data_received(data)
 
     def eof_received(self) -> bool | None:
         return self.inner.eof_received() if self.inner is not None else None

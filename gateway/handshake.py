@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import base64
 import binascii
+import functools
 from dataclasses import dataclass
 from http import HTTPStatus
 from urllib.parse import parse_qs, unquote_plus, urlsplit
@@ -51,6 +52,7 @@ class Upgrade:
     origin: str | None
 
 
+@functools.lru_cache(maxsize=64)  # refusals repeat; under a flood they are made by the thousand
 def http_response(status: int, body: str = "", headers: tuple[tuple[str, str], ...] = ()) -> bytes:
     phrase = HTTPStatus(status).phrase
     text = (body or phrase) + "\n"

@@ -142,12 +142,7 @@ class ClientSide(asyncio.Protocol):
         self.transport: asyncio.Transport | None = None
         self.backend: BackendSide | None = None
         lim = host.limits
-        self.parser: UpgradeParser | None = UpgradeParser(
-            max_bytes=lim.max_handshake_bytes,
-            path_prefix=lim.path_prefix,
-            key_header=lim.key_header,
-            require_key=lim.require_key,
-        )
+        self.parser: UpgradeParser | None = None  # made once the connection is admitted
         self.c2b = FrameTracker(
             masked=True,
             max_frame=lim.max_frame_bytes,
@@ -183,6 +178,13 @@ class ClientSide(asyncio.Protocol):
         if refusal is not None:
             self.reject(refusal)
             return
+        lim = host.limits
+        self.parser = UpgradeParser(
+            max_bytes=lim.max_handshake_bytes,
+            path_prefix=lim.path_prefix,
+            key_header=lim.key_header,
+            require_key=lim.require_key,
+        )
         self.timer = host.loop.call_later(host.limits.handshake_timeout_s, self.handshake_timeout)
 
     def handshake_timeout(self) -> None:
@@ -216,7 +218,8 @@ class ClientSide(asyncio.Protocol):
             self.transport.close()
 
     def handshake_data(self, data: bytes) -> None:
-        assert self.parser is not None
+        if self.parser is None:
+            return  # refused at the door
         try:
             up = self.parser.feed(data)
             if up is None:
