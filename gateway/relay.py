@@ -16,9 +16,12 @@ import asyncio
 import enum
 import os
 import socket
+import ssl
 import time
+from collections.abc import Coroutine
 from dataclasses import dataclass
-from typing import TYPE_CHECKING, Protocol, cast
+from functools import partial
+from typing import TYPE_CHECKING, Any, Protocol, cast
 
 from clientlib.kernel.session_protocol import CloseCode, CloseHint
 from gateway.frames import FrameTracker, close_frame
@@ -83,6 +86,7 @@ class ConnectionHost(Protocol):
     metrics: GatewayMetrics
     loop: asyncio.AbstractEventLoop
     drain_hint: str
+    tls: ssl.SSLContext | None  # TLS for clients, started by the connection itself
 
     def accepted(self, conn: ClientSide) -> HandshakeError | None:
         """Count a new connection; the refusal to send it, if it is over a limit."""
@@ -176,6 +180,13 @@ class ClientSide(asyncio.Protocol):
         host.metrics.accepted.inc()
         refusal = host.accepted(self)
         if refusal is not None:
+            if host.tls is not None:
+                # No TLS handshake (and no answer) for a connection refused at the door.
+                host.metrics.rejected.labels(str(refusal.status)).inc()
+                self.closed_by = "gateway"
+                self.state = CLOSED
+                transport.abort()
+                return
             self.reject(refusal)
             return
         lim = host.limits
@@ -185,7 +196,53 @@ class ClientSide(asyncio.Protocol):
             key_header=lim.key_header,
             require_key=lim.require_key,
         )
-        self.timer = host.loop.call_later(host.limits.handshake_timeout_s, self.handshake_timeout)
+        self.timer = host.loop.call_later(lim.handshake_timeout_s, self.handshake_timeout)
+        if host.tls is not None:
+            # TLS starts only now, so a connection is counted (and timed) from its first
+            # byte, not from the end of a handshake that a flood never finishes.
+            self.start_tls(transport, host.tls)
+
+    def start_tls(self, raw: asyncio.Transport, ctx: ssl.SSLContext) -> None:
+        """Put TLS under this protocol. ``loop.start_tls`` swaps the protocol before its
+        only ``await``; that must happen now, since the loop may read the ClientHello
+        as soon as ``connection_made`` returns (Python 3.11 has no eager tasks): the
+        coroutine is stepped here and resumed by its future, as a task would."""
+        coro = self.host.loop.start_tls(
+            raw,
+            self,
+            ctx,
+            server_side=True,
+            ssl_handshake_timeout=self.host.limits.handshake_timeout_s,
+        )
+        self._tls_step(raw, coro, None)
+
+    def _tls_step(
+        self,
+        raw: asyncio.Transport,
+        coro: Coroutine[Any, Any, asyncio.Transport | None],
+        _done: object,
+    ) -> None:
+        try:
+            waiting = coro.send(None)
+        except StopIteration as finished:
+            self._tls_done(raw, finished.value, None)
+            return
+        except Exception as exc:  # any failed handshake: the peer is gone
+            self._tls_done(raw, None, exc)
+            return
+        waiting._asyncio_future_blocking = False
+        waiting.add_done_callback(partial(self._tls_step, raw, coro))
+
+    def _tls_done(
+        self, raw: asyncio.Transport, tls: asyncio.Transport | None, exc: Exception | None
+    ) -> None:
+        if tls is None or self.state == CLOSED or raw.is_closing() or tls.is_closing():
+            # Gone during the handshake: the TLS layer does not report that to us.
+            raw.abort()
+            self.connection_lost(exc)
+            return
+        self.transport = tls
+        tls.set_write_buffer_limits(high=self.host.limits.write_high_water)
 
     def handshake_timeout(self) -> None:
         if self.state < RELAY:
@@ -362,6 +419,8 @@ class ClientSide(asyncio.Protocol):
             self.backend.transport.abort()
 
     def connection_lost(self, exc: Exception | None) -> None:
+        if self.state == CLOSED and self.transport is None:
+            return  # already told (a TLS handshake that failed is reported twice)
         if self.timer is not None:
             self.timer.cancel()
         if not self.closed_by:

@@ -100,24 +100,18 @@ class Gateway:
         # Set by the control plane: returns a Retry-After (seconds) while shedding, else None.
         self.admission: Callable[[], int | None] = lambda: None
         self.backend_ssl = backend_ssl_context(config)
+        self.tls: ssl.SSLContext | None = None
+        if config.tls_cert and config.tls_key:
+            self.tls = ssl.create_default_context(ssl.Purpose.CLIENT_AUTH)
+            self.tls.load_cert_chain(config.tls_cert, config.tls_key)
         self.server: asyncio.Server | None = None
         self._sweeper: asyncio.Task[None] | None = None
 
     async def start(self) -> None:
         host, port = parse_hostport(self.config.listen, "listen")
-        ctx = None
-        if self.config.tls_cert and self.config.tls_key:
-            ctx = ssl.create_default_context(ssl.Purpose.CLIENT_AUTH)
-            ctx.load_cert_chain(self.config.tls_cert, self.config.tls_key)
+        # TLS (self.tls) is started by each connection once it is counted (relay.py).
         self.server = await self.loop.create_server(
-            lambda: ClientSide(self),
-            host,
-            port,
-            ssl=ctx,
-            # A TLS handshake comes before the upgrade: it gets the same time.
-            ssl_handshake_timeout=self.config.handshake_timeout_s if ctx else None,
-            backlog=4096,
-            reuse_address=True,
+            lambda: ClientSide(self), host, port, backlog=4096, reuse_address=True
         )
         self._sweeper = self.loop.create_task(self._sweep())
         log.info(

@@ -4,14 +4,16 @@ undrain reopens it, a signal's drain is final."""
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import signal
+import ssl
 
 import pytest
 from websockets.asyncio.client import connect
 from websockets.exceptions import ConnectionClosed, InvalidStatus
 from websockets.protocol import State
 
-from tests.gateway.gwproc import gateway_process, plain_server
+from tests.gateway.gwproc import gateway_process, make_cert, plain_server
 
 pytestmark = pytest.mark.timeout(60)
 
@@ -114,3 +116,45 @@ async def test_a_signal_drain_cannot_be_undone(tmp_path):
         assert status == 409, body
         assert await gw.exited(15) == 0
         stuck.close()
+
+
+async def test_tls_connections_are_counted_before_their_handshake(tmp_path):
+    """Connections that never start TLS are held to the same per-address limit as any
+    other (the handshake starts once a connection is counted); TLS clients get in."""
+    cert, key = make_cert(tmp_path)
+    async with (
+        plain_server() as b,
+        gateway_process(
+            tmp_path,
+            "--static-backend",
+            b,
+            "--tls-cert",
+            str(cert),
+            "--tls-key",
+            str(key),
+            "--max-pending-per-ip",
+            "8",
+            "--handshake-timeout-s",
+            "2",
+        ) as gw,
+    ):
+        idle = []
+        for _ in range(30):
+            idle.append(
+                await asyncio.open_connection("127.0.0.1", gw.port, local_addr=("127.0.0.2", 0))
+            )
+        refused = 0
+        for r, _ in idle[8:]:
+            with contextlib.suppress(ConnectionResetError):
+                refused += await asyncio.wait_for(r.read(), 1) == b""
+        assert refused == 22
+        ctx = ssl.create_default_context(cafile=str(cert))
+        async with connect(f"wss://127.0.0.1:{gw.port}/ws?key=t", ssl=ctx) as ws:
+            await ws.send("over tls")
+            assert await ws.recv() == "over tls"
+        async with asyncio.timeout(5):  # the 8 that never spoke TLS: handshake_timeout_s
+            for r, _ in idle[:8]:
+                with contextlib.suppress(ConnectionResetError):
+                    assert await r.read() == b""
+        for _, w in idle:
+            w.close()

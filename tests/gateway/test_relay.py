@@ -5,6 +5,7 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import socket
+import ssl
 from typing import Any
 
 import pytest
@@ -19,6 +20,7 @@ from gateway.auth import make_token
 from gateway.config import GatewayConfig
 from gateway.route_source import StaticDirectory
 from gateway.server import Gateway
+from tests.gateway.gwproc import make_cert
 
 pytestmark = pytest.mark.timeout(30)
 
@@ -444,3 +446,22 @@ async def test_full_pending_table_drops_the_oldest_unfinished_upgrade():
             assert await asyncio.wait_for(r.read(), 1) == b""
         for _, w in idle:
             w.close()
+
+
+async def test_tls_connections_count_before_their_handshake(tmp_path):
+    cert, key = make_cert(tmp_path)
+    async with (
+        plain_server() as b,
+        gateway([b], tls_cert=str(cert), tls_key=str(key), max_pending_per_ip=4) as gw,
+    ):
+        idle = await open_from(gw.port, "127.0.0.2", 10)  # never start TLS
+        await asyncio.sleep(0.2)
+        assert len(gw.pending) == 4 and len(gw.conns) == 4
+        ctx = ssl.create_default_context(cafile=str(cert))
+        async with connect(f"wss://127.0.0.1:{gw.port}/ws?key=t", ssl=ctx) as ws:
+            await ws.send("over tls")
+            assert await ws.recv() == "over tls"
+        for _, w in idle:
+            w.close()
+        await asyncio.sleep(0.2)
+        assert not gw.conns and not gw.pending
