@@ -142,7 +142,13 @@ class AdminAPI:
         server = self.runner.server
         assert server is not None
         loop = asyncio.get_running_loop()
-        guard = self.guard = AdminGuard(loop, limit=cfg.admin_max_connections, timeout_s=timeout)
+        dropped = self.gw.metrics.admin_dropped
+        guard = self.guard = AdminGuard(
+            loop,
+            limit=cfg.admin_max_connections,
+            timeout_s=timeout,
+            dropped=lambda reason: dropped.labels(reason).inc(),
+        )
         ctx = None
         if cfg.admin_tls_cert and cfg.admin_tls_key:
             ctx = ssl.create_default_context(ssl.Purpose.CLIENT_AUTH)

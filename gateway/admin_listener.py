@@ -79,17 +79,22 @@ class GuardedConnection(asyncio.Protocol):
 
 
 class AdminGuard:
-    def __init__(self, loop: asyncio.AbstractEventLoop, *, limit: int, timeout_s: float):
+    def __init__(
+        self,
+        loop: asyncio.AbstractEventLoop,
+        *,
+        limit: int,
+        timeout_s: float,
+        dropped: Callable[[str], None] = lambda reason: None,
+    ):
         self.loop = loop
         self.limit = limit
         self.timeout_s = timeout_s
+        self.dropped = dropped  # told each connection closed: evicted, refused or timeout
         self.idle: dict[GuardedConnection, float] = {}  # waiting for a request, oldest first
         self.busy: set[GuardedConnection] = set()  # a request in progress
         self.control: set[GuardedConnection] = set()  # authenticated control sockets
         self._by_transport: dict[asyncio.BaseTransport, GuardedConnection] = {}
-        self.evicted = 0
-        self.refused = 0
-        self.timed_out = 0
         self._sweeper = loop.call_later(self._period, self._sweep)
 
     @property
@@ -104,11 +109,11 @@ class AdminGuard:
         """Count a new connection; False: refuse it (every counted one is busy)."""
         if self.counted >= self.limit:
             if not self.idle:
-                self.refused += 1
+                self.dropped("refused")
                 return False
             oldest = next(iter(self.idle))
             del self.idle[oldest]
-            self.evicted += 1
+            self.dropped("evicted")
             oldest.close()
         self.idle[conn] = self.loop.time()
         assert conn.transport is not None
@@ -148,7 +153,7 @@ class AdminGuard:
             if now - since < self.timeout_s:
                 break  # the rest waited less
             del self.idle[conn]
-            self.timed_out += 1
+            self.dropped("timeout")
             conn.close()
         self._sweeper = self.loop.call_later(self._period, self._sweep)
 

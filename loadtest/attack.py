@@ -136,6 +136,7 @@ class Witnesses:
         self.phase = Phase("warmup")
         self.stopping = False
         self.tasks: list[asyncio.Task[None]] = []
+        self.arriving: set[asyncio.Task[None]] = set()  # newcomers under way
 
     def start(self) -> None:
         loop = asyncio.get_running_loop()
@@ -148,9 +149,11 @@ class Witnesses:
 
     async def stop(self) -> None:
         self.stopping = True
-        for t in self.tasks:
+        if self.arriving:  # each newcomer counts where it started: let it finish
+            await asyncio.wait(self.arriving, timeout=12)
+        for t in [*self.tasks, *self.arriving]:
             t.cancel()
-        await asyncio.gather(*self.tasks, return_exceptions=True)
+        await asyncio.gather(*self.tasks, *self.arriving, return_exceptions=True)
 
     async def steady(self, key: str) -> None:
         payload = b"w" * 64
@@ -174,7 +177,9 @@ class Witnesses:
         while not self.stopping:
             n += 1
             key = self.newcomer_keys[n % len(self.newcomer_keys)]
-            asyncio.get_running_loop().create_task(self.newcomer(key))
+            task = asyncio.get_running_loop().create_task(self.newcomer(key))
+            self.arriving.add(task)
+            task.add_done_callback(self.arriving.discard)
             await asyncio.sleep(0.1)
 
     async def newcomer(self, key: str) -> None:
@@ -430,7 +435,11 @@ async def _gateway_counters(admin_url: str, token: str) -> dict[str, Any]:
         async with s.get(f"{admin_url}/metrics", headers=headers) as r:
             for line in (await r.text()).splitlines():
                 if line.startswith(
-                    ("gateway_frame_violations_total", "gateway_handshakes_evicted_total")
+                    (
+                        "gateway_frame_violations_total",
+                        "gateway_handshakes_evicted_total",
+                        "gateway_admin_dropped_total",
+                    )
                 ):
                     name, value = line.rsplit(" ", 1)
                     out[name] = int(float(value))

@@ -54,6 +54,8 @@ async def test_idle_admin_flood_leaves_the_data_plane_its_descriptors(tmp_path):
                 await ws.send("served")
                 assert await ws.recv() == "served"
         assert (await gw.admin("GET", "/v1/status"))[0] == 200  # pushes out an idle one
+        _, metrics = await gw.admin("GET", "/metrics")
+        assert 'gateway_admin_dropped_total{reason="evicted"}' in metrics
         for w in flood:
             w.close()
 
@@ -81,6 +83,8 @@ async def test_admin_connections_that_send_nothing_or_too_slowly_are_closed(tmp_
             assert (await slow_body[0].read()).startswith(b"HTTP/1.1 408")
             assert await keepalive[0].read() == b""  # idle after its answer
         assert gw.proc.poll() is None  # the drain never got its body
+        _, metrics = await gw.admin("GET", "/metrics")
+        assert 'gateway_admin_dropped_total{reason="timeout"}' in metrics
 
 
 async def test_control_sockets_do_not_count_once_authenticated(tmp_path):
