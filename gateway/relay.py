@@ -230,6 +230,10 @@ class ClientSide(asyncio.Protocol):
         except Exception as exc:  # any failed handshake: the peer is gone
             self._tls_done(raw, None, exc)
             return
+        if not asyncio.isfuture(waiting):  # start_tls awaits one future; anything else: stop
+            coro.close()
+            self._tls_done(raw, None, None)
+            return
         waiting._asyncio_future_blocking = False
         waiting.add_done_callback(partial(self._tls_step, raw, coro))
 
