@@ -6,6 +6,7 @@ import argparse
 import asyncio
 import signal
 import sys
+from functools import partial
 
 import structlog
 import uvloop
@@ -18,7 +19,7 @@ from clientlib.kernel.settings import (
     build_config,
     parse_hostport,
 )
-from gateway.admin import AdminAPI
+from gateway.admin import AdminAPI, admin_token
 from gateway.config import GatewayConfig
 from gateway.controlplane.controller import Controller
 from gateway.controlplane.core import CoreConfig
@@ -58,6 +59,9 @@ async def serve(cfg: GatewayConfig) -> None:
             "config: give --static-backend HOST:PORT (repeatable) or "
             "--control-secret to let backends register"
         )
+    token, token_file = admin_token(cfg)
+    if token_file is not None:
+        log.info("admin_token_written", path=str(token_file))
     gw = Gateway(cfg, directory)
     controller = None
     if edir is not None:
@@ -68,18 +72,20 @@ async def serve(cfg: GatewayConfig) -> None:
         gw.admission = controller.admission
         gw.credential_of = controller.endpoint.credential
         controller.start()
-    admin = AdminAPI(gw, controller)
+    admin = AdminAPI(gw, controller, token)
     ahost, aport = parse_hostport(cfg.admin_listen, "admin_listen")
     await gw.start()
     admin_port = await admin.start(ahost, aport)
     log.info("admin_listening", address=f"{ahost}:{admin_port}", control=controller is not None)
-    stop = asyncio.Event()
     loop = asyncio.get_running_loop()
-    loop.add_signal_handler(signal.SIGTERM, stop.set)
-    loop.add_signal_handler(signal.SIGINT, stop.set)
-    await stop.wait()
-    log.info("gateway_stopping", connections=len(gw.conns))
-    await gw.drain()
+    for sig in (signal.SIGTERM, signal.SIGINT):
+        loop.add_signal_handler(sig, partial(gw.request_exit, final=True))
+    while True:
+        await gw.exit_requested.wait()
+        log.info("gateway_stopping", connections=len(gw.conns))
+        if await gw.drain():
+            break
+        # POST /v1/undrain reopened the gateway before its drain was over: keep serving.
     if controller is not None:
         await controller.close()
     await admin.close()

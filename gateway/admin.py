@@ -1,26 +1,38 @@
 """The admin HTTP API (aiohttp), on its own port, and the backends' control endpoint.
 
-Reads need the admin token when one is configured (``Authorization: Bearer``);
-``/healthz`` and ``/readyz`` are open, for load balancers.
+Every call but ``/healthz`` and ``/readyz`` (open, for load balancers) needs the
+admin token (``Authorization: Bearer``); ``/v1/control`` checks the control
+secret itself. There is always a token: the configured ``admin_token``, or one
+generated at start and written to ``state_dir/admin.token`` (mode 0600).
 """
 
 from __future__ import annotations
 
 import asyncio
 import hmac
+import os
+import secrets
+import ssl
 from collections import Counter
 from collections.abc import Awaitable, Callable
+from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
 import orjson
 from aiohttp import web
 from prometheus_client import CONTENT_TYPE_LATEST, generate_latest
 
+from clientlib.kernel.settings import ConfigError
+from gateway.admin_listener import AdminGuard, GuardedConnection
+from gateway.config import GatewayConfig
+from gateway.dashboard import COOKIE, Dashboard
 from gateway.relay import RELAY
 
 __all__ = [
+    "TOKEN_FILE",
     "AdminAPI",
     "Handler",
+    "admin_token",
     "bearer_ok",
 ]
 
@@ -29,6 +41,31 @@ if TYPE_CHECKING:
     from gateway.server import Gateway
 
 Handler = Callable[[web.Request], Awaitable[web.StreamResponse]]
+
+TOKEN_FILE = "admin.token"
+OPEN_PATHS = frozenset({"/healthz", "/readyz", "/v1/control"})  # control: its own secret
+
+
+def admin_token(cfg: GatewayConfig) -> tuple[str, Path | None]:
+    """The admin token, and the file it was written to when none was configured: a new
+    random one each start, in ``state_dir/admin.token``, readable by this user only."""
+    if cfg.admin_token:
+        return cfg.admin_token, None
+    token = secrets.token_urlsafe(32)
+    path = Path(cfg.state_dir) / TOKEN_FILE
+    tmp = path.with_name(f".{TOKEN_FILE}.{os.getpid()}")
+    try:
+        path.parent.mkdir(parents=True, exist_ok=True, mode=0o700)
+        fd = os.open(tmp, os.O_WRONLY | os.O_CREAT | os.O_TRUNC, 0o600)
+        with os.fdopen(fd, "w") as f:
+            f.write(token + "\n")
+        os.replace(tmp, path)
+    except OSError as exc:
+        raise ConfigError(
+            f"config: cannot write the admin token to {path} ({exc.strerror}): "
+            "set admin_token or a writable state_dir"
+        ) from None
+    return token, path
 
 
 def _json(obj: Any, status: int = 200) -> web.Response:
@@ -47,10 +84,11 @@ def bearer_ok(request: web.Request, secret: str | None) -> bool:
 
 
 class AdminAPI:
-    def __init__(self, gw: Gateway, controller: Controller | None):
+    def __init__(self, gw: Gateway, controller: Controller | None, token: str):
         self.gw = gw
         self.controller = controller
-        self.app = web.Application(middlewares=[self._auth])
+        self.token = token
+        self.app = web.Application(middlewares=[self._guarded, self._auth], client_max_size=1 << 16)
         r = self.app.router
         r.add_get("/healthz", self.healthz)
         r.add_get("/readyz", self.readyz)
@@ -60,32 +98,101 @@ class AdminAPI:
         r.add_get("/v1/connections", self.connections)
         r.add_get("/v1/status", self.status)
         r.add_post("/v1/drain", self.drain)
+        r.add_post("/v1/undrain", self.undrain)
+        Dashboard(gw, controller).install(r)
         if controller is not None:
-            r.add_get("/v1/control", controller.endpoint.handle)
+            r.add_get("/v1/control", self.control)
             r.add_get("/v1/moves", self.moves)
             r.add_post("/v1/rebalancer/{action:pause|resume}", self.rebalancer)
             r.add_post("/v1/move", self.move)
             r.add_post("/v1/nodes/{node}/drain", self.node_drain)
         self.runner: web.AppRunner | None = None
+        self.guard: AdminGuard | None = None
+        self.server: asyncio.Server | None = None
+
+    @web.middleware
+    async def _guarded(self, request: web.Request, handler: Handler) -> web.StreamResponse:
+        """The head is in: the connection is busy until the answer; its body has
+        ``admin_timeout_s`` to arrive."""
+        guard = self.guard
+        if guard is None:
+            return await handler(request)
+        conn = guard.begin(request.transport)
+        try:
+            if request.body_exists:
+                try:
+                    async with asyncio.timeout(guard.timeout_s):
+                        await request.read()
+                except TimeoutError:
+                    return _json({"error": "request body too slow"}, 408)
+            return await handler(request)
+        finally:
+            guard.end(conn)
 
     @web.middleware
     async def _auth(self, request: web.Request, handler: Handler) -> web.StreamResponse:
-        open_paths = ("/healthz", "/readyz", "/v1/control")  # control checks its own secret
-        if request.path not in open_paths and not bearer_ok(request, self.gw.config.admin_token):
+        if request.path not in OPEN_PATHS and not self._authorized(request):
             return _json({"error": "admin token required"}, 401)
         return await handler(request)
 
+    def _authorized(self, request: web.Request) -> bool:
+        if bearer_ok(request, self.token):
+            return True
+        if request.path == "/dashboard" or request.path.startswith("/dashboard/"):
+            # A browser cannot send the header on a page load or an EventSource: the token
+            # comes once in the page's query, then in a cookie (see gateway/dashboard.py).
+            got = request.cookies.get(COOKIE)
+            if got is None and request.path == "/dashboard":
+                got = request.query.get("token")
+            return got is not None and hmac.compare_digest(got.encode(), self.token.encode())
+        return False
+
     async def start(self, host: str, port: int) -> int:
-        self.runner = web.AppRunner(self.app, access_log=None)
+        """Listen (TLS with ``admin_tls_cert``), each connection under the guard."""
+        cfg = self.gw.config
+        timeout = cfg.admin_timeout_s
+        self.runner = web.AppRunner(self.app, access_log=None, keepalive_timeout=timeout)
         await self.runner.setup()
-        site = web.TCPSite(self.runner, host, port, reuse_address=True)
-        await site.start()
-        addresses = self.runner.addresses
-        return int(addresses[0][1]) if addresses else port
+        server = self.runner.server
+        assert server is not None
+        loop = asyncio.get_running_loop()
+        dropped = self.gw.metrics.admin_dropped
+        guard = self.guard = AdminGuard(
+            loop,
+            limit=cfg.admin_max_connections,
+            timeout_s=timeout,
+            dropped=lambda reason: dropped.labels(reason).inc(),
+        )
+        ctx = None
+        if cfg.admin_tls_cert and cfg.admin_tls_key:
+            ctx = ssl.create_default_context(ssl.Purpose.CLIENT_AUTH)
+            ctx.load_cert_chain(cfg.admin_tls_cert, cfg.admin_tls_key)
+        self.server = await loop.create_server(
+            lambda: GuardedConnection(guard, server),
+            host,
+            port,
+            ssl=ctx,
+            ssl_handshake_timeout=timeout if ctx else None,
+            reuse_address=True,
+        )
+        return int(self.server.sockets[0].getsockname()[1])
 
     async def close(self) -> None:
+        if self.server is not None:
+            self.server.close()
+        if self.guard is not None:
+            self.guard.close()
         if self.runner is not None:
             await self.runner.cleanup()
+
+    async def control(self, request: web.Request) -> web.StreamResponse:
+        """A backend's control socket: once its secret checks out, it no longer counts
+        against ``admin_max_connections``."""
+        assert self.controller is not None
+        endpoint = self.controller.endpoint
+        if self.guard is not None and endpoint.authenticate(request) is not None:
+            self.guard.to_control(self.guard.begin(request.transport))
+        return await endpoint.handle(request)
 
     # ------------------------------------------------------------------ reads
 
@@ -163,8 +270,31 @@ class AdminAPI:
     # ------------------------------------------------------------------ writes
 
     async def drain(self, request: web.Request) -> web.Response:
-        asyncio.get_running_loop().create_task(self.gw.drain())
-        return _json({"draining": True}, 202)
+        """Drain; by default the process then exits (code 0), as on SIGTERM. With
+        ``{"exit": false}`` it stays up, refusing upgrades, until ``POST /v1/undrain``."""
+        try:
+            body = await request.json(loads=orjson.loads) if request.body_exists else {}
+            exit_ = body.get("exit", True)
+        except (ValueError, AttributeError):
+            exit_ = None
+        if not isinstance(exit_, bool):
+            return _json({"error": 'body must be empty or {"exit": true | false}'}, 400)
+        stay = not exit_
+        gw = self.gw
+        if stay and gw.exit_requested.is_set():
+            return _json({"error": "already draining to exit; POST /v1/undrain first"}, 409)
+        if stay:
+            gw.begin_drain()
+        else:
+            gw.request_exit(final=False)
+        return _json(
+            {"draining": True, "exit": not stay, "deadline_s": gw.config.drain_deadline_s}, 202
+        )
+
+    async def undrain(self, request: web.Request) -> web.Response:
+        if not self.gw.undrain():
+            return _json({"error": "the gateway is exiting"}, 409)
+        return _json({"draining": False})
 
     async def rebalancer(self, request: web.Request) -> web.Response:
         assert self.controller is not None

@@ -22,7 +22,7 @@ __all__ = [
 
 
 class TokenVerifier:
-    def __init__(self, secret: str, *, leeway_s: float = 5.0):
+    def __init__(self, secret: str, *, leeway_s: float = 0.0):
         if len(secret) < 16:
             raise ValueError("jwt_secret must be at least 16 characters")
         self._secret = secret

@@ -19,7 +19,17 @@ __all__ = ["GatewayConfig"]
 class GatewayConfig:
     listen: str = setting("127.0.0.1:9000", "HOST:PORT for clients")
     admin_listen: str = setting("127.0.0.1:9090", "HOST:PORT for the admin API and control")
-    admin_token: str | None = setting(None, "bearer token for the admin API")
+    admin_token: str | None = setting(
+        None, "bearer token for the admin API (none: a new one in state_dir/admin.token)"
+    )
+    admin_max_connections: int = setting(
+        64, "admin connections besides control sockets; a new one closes the longest idle"
+    )
+    admin_timeout_s: float = setting(
+        10.0, "an admin request head or body, or an idle admin connection: closed after this"
+    )
+    admin_tls_cert: str | None = setting(None, "PEM certificate: serve the admin port over TLS")
+    admin_tls_key: str | None = setting(None, "PEM private key for admin_tls_cert")
     control_secret: str | None = setting(
         None, "enables the control plane; backends authenticate with it"
     )
@@ -34,11 +44,19 @@ class GatewayConfig:
     # the same), for plain WebSocket servers whose clients send none.
     require_key: bool = setting(True, "off: route upgrades without a key as the empty key")
     jwt_secret: str | None = setting(None, "require HS256 tokens signed with this secret")
+    jwt_leeway_s: float = setting(0.0, "clock skew allowed on a token's exp and nbf")
     allowed_origins: list[str] = setting(
         default_factory=list, help="Origin allow-list (empty: any)", metavar="ORIGIN"
     )
     tls_cert: str | None = setting(None, "PEM certificate: terminate TLS")
     tls_key: str | None = setting(None, "PEM private key for tls_cert")
+    backend_tls: bool = setting(False, "dial backends over TLS, verifying their certificates")
+    backend_tls_ca: str | None = setting(None, "PEM CA bundle for backends (none: the system's)")
+    backend_tls_server_name: str | None = setting(
+        None, "name the backends' certificates carry (none: each backend's address)"
+    )
+    backend_tls_cert: str | None = setting(None, "PEM client certificate shown to backends")
+    backend_tls_key: str | None = setting(None, "PEM private key for backend_tls_cert")
     max_handshake_bytes: int = setting(16384, "upgrade request head limit")
     handshake_timeout_s: float = setting(10.0, "an unfinished upgrade is dropped after this")
     connect_timeout_s: float = setting(3.0, "backend connect timeout")
@@ -46,12 +64,22 @@ class GatewayConfig:
     write_high_water: int = setting(64 * 1024, "socket write buffer before the peer is paused")
     slow_consumer_s: float = setting(10.0, "a client whose buffer stays full this long: 4001")
     idle_timeout_s: float = setting(300.0, "nothing either way for this long: close 4004")
+    control_frame_rate: float = setting(
+        10.0, "pings and pongs per second a client may send on average (0: no limit); 1008"
+    )
+    control_frame_burst: int = setting(50, "pings and pongs a client may send at once")
     max_connections: int = setting(0, "0: derived from the descriptor limit; above it 503")
-    max_conns_per_ip: int = setting(0, "open connections per client address; 0: no limit")
+    max_conns_per_ip: int = setting(1024, "open connections per client address; 0: no limit")
+    max_pending_per_ip: int = setting(32, "unfinished upgrades per client address; 0: no limit")
+    max_pending_handshakes: int = setting(
+        2048, "unfinished upgrades in all; above it the oldest is dropped; 0: no limit"
+    )
     reroute_retries: int = setting(3, "re-routes after a backend's 421")
     drain_window_s: float = setting(5.0, "drain spreads its closes over this window")
     drain_deadline_s: float = setting(15.0, "drain exits at this deadline")
-    state_dir: str = setting(".state/gateway", "where the control plane keeps its table")
+    state_dir: str = setting(
+        ".state/gateway", "where the control plane keeps its table; the generated admin token"
+    )
     lease_s: float = setting(3.0, "backend lease")
     rebalance: bool = setting(True, "move hot keys (off: static consistent hashing)")
     log_level: str = setting("info", "debug | info | warning | error")
@@ -65,6 +93,15 @@ class GatewayConfig:
             raise ConfigError("config: static_backend and control_secret exclude each other")
         if (self.tls_cert is None) != (self.tls_key is None):
             raise ConfigError("config: tls_cert and tls_key go together")
+        if (self.backend_tls_cert is None) != (self.backend_tls_key is None):
+            raise ConfigError("config: backend_tls_cert and backend_tls_key go together")
+        backend_tls_set = (self.backend_tls_ca, self.backend_tls_cert, self.backend_tls_server_name)
+        if not self.backend_tls and any(v is not None for v in backend_tls_set):
+            raise ConfigError("config: backend_tls_* settings need backend_tls on")
+        if (self.admin_tls_cert is None) != (self.admin_tls_key is None):
+            raise ConfigError("config: admin_tls_cert and admin_tls_key go together")
+        if self.admin_max_connections < 1:
+            raise ConfigError("config: admin_max_connections must be >= 1")
         if not self.path_prefix.startswith("/"):
             raise ConfigError("config: path_prefix must start with /")
         for name in ("max_handshake_bytes", "max_frame_bytes", "write_high_water"):
@@ -72,6 +109,7 @@ class GatewayConfig:
                 raise ConfigError(f"config: {name} must be at least 1024")
         for name in (
             "handshake_timeout_s",
+            "admin_timeout_s",
             "connect_timeout_s",
             "slow_consumer_s",
             "idle_timeout_s",
@@ -81,9 +119,18 @@ class GatewayConfig:
         ):
             if getattr(self, name) <= 0:
                 raise ConfigError(f"config: {name} must be > 0")
-        if self.max_connections < 0 or self.reroute_retries < 0 or self.max_conns_per_ip < 0:
-            raise ConfigError(
-                "config: max_connections, max_conns_per_ip and reroute_retries must be >= 0"
-            )
+        if self.control_frame_rate < 0 or self.control_frame_burst < 1:
+            raise ConfigError("config: control_frame_rate must be >= 0, control_frame_burst >= 1")
+        if self.jwt_leeway_s < 0:
+            raise ConfigError("config: jwt_leeway_s must be >= 0")
+        for name in (
+            "max_connections",
+            "max_conns_per_ip",
+            "max_pending_per_ip",
+            "max_pending_handshakes",
+            "reroute_retries",
+        ):
+            if getattr(self, name) < 0:
+                raise ConfigError(f"config: {name} must be >= 0")
         if self.log_level not in ("debug", "info", "warning", "error"):
             raise ConfigError("config: log_level: expected debug, info, warning or error")

@@ -4,6 +4,12 @@ The relay splices bytes; this tracker reads only the 2-14 byte headers
 (RFC 6455 §5.2), across arbitrary chunk boundaries, so the gateway can count
 frames, enforce a frame size limit, see close codes and know when the stream
 sits at a frame boundary (the only place it may inject a frame of its own).
+
+It also holds a budget of control frames (ping, pong): each costs one unit,
+:meth:`FrameTracker.refill` adds ``control_rate`` units per second up to
+``control_burst``, and a stream that runs out is answered 1008 (policy): a
+flood of pings would otherwise make its backend answer every one, at the
+expense of everyone sharing the path.
 """
 
 from __future__ import annotations
@@ -12,6 +18,7 @@ import struct
 
 __all__ = [
     "OP_CLOSE",
+    "POLICY_VIOLATION",
     "FrameTracker",
     "close_frame",
 ]
@@ -20,6 +27,7 @@ _U16 = struct.Struct("!H")
 _U64 = struct.Struct("!Q")
 
 OP_CLOSE = 0x8
+POLICY_VIOLATION = 1008
 # RFC 6455 §5.2: opcodes 3-7 and 0xB-0xF are reserved.
 _VALID_OPCODES = frozenset({0x0, 0x1, 0x2, 0x8, 0x9, 0xA})
 
@@ -28,12 +36,14 @@ class FrameTracker:
     """Tracks one direction of a WebSocket stream.
 
     ``feed()`` returns 0 while the stream is valid, else the close code the
-    gateway should send (1002 protocol error, 1009 frame too big). After an
-    error the tracker should not be fed again.
+    gateway should send (1002 protocol error, 1008 too many control frames,
+    1009 frame too big). After an error the tracker should not be fed again.
+    ``control_rate`` 0 means no control-frame budget.
     """
 
     __slots__ = (
         "_close_buf",
+        "_ctl_at",
         "_hdr",
         "_in_close",
         "_mask",
@@ -41,14 +51,28 @@ class FrameTracker:
         "bytes",
         "close_code",
         "close_seen",
+        "ctl_budget",
+        "ctl_burst",
+        "ctl_rate",
         "frames",
         "masked",
         "max_frame",
     )
 
-    def __init__(self, *, masked: bool, max_frame: int = 1 << 20):
+    def __init__(
+        self,
+        *,
+        masked: bool,
+        max_frame: int = 1 << 20,
+        control_rate: float = 0.0,
+        control_burst: int = 0,
+    ):
         self.masked = masked  # client→server frames must be masked, server→client must not
         self.max_frame = max_frame
+        self.ctl_rate = control_rate
+        self.ctl_burst = float(max(control_burst, 1)) if control_rate > 0 else float("inf")
+        self.ctl_budget = self.ctl_burst  # control frames that may still be sent
+        self._ctl_at = 0.0  # when the budget was last refilled
         self.frames = 0
         self.bytes = 0
         self.close_seen = False
@@ -109,11 +133,22 @@ class FrameTracker:
                     return 1002
                 if opcode == OP_CLOSE:
                     self._start_close(buf[hlen - 4 : hlen] if b1 & 0x80 else b"", length)
+                else:
+                    self.ctl_budget -= 1
+                    if self.ctl_budget < 0:
+                        return POLICY_VIOLATION
             elif length > self.max_frame:
                 return 1009
             self.frames += 1
             self._need = length
         return 0
+
+    def refill(self, now: float) -> None:
+        """Add the control-frame budget earned since the last call (``now`` in seconds)."""
+        if self._ctl_at:
+            budget = self.ctl_budget + (now - self._ctl_at) * self.ctl_rate
+            self.ctl_budget = budget if budget < self.ctl_burst else self.ctl_burst
+        self._ctl_at = now
 
     def _start_close(self, mask: bytes, length: int) -> None:
         self.close_seen = True

@@ -9,9 +9,10 @@ from __future__ import annotations
 
 import base64
 import binascii
+import functools
 from dataclasses import dataclass
 from http import HTTPStatus
-from urllib.parse import parse_qs, quote, urlsplit
+from urllib.parse import parse_qs, quote, unquote_plus, urlsplit
 
 import h11
 
@@ -42,6 +43,9 @@ class HandshakeError(Exception):
 
 @dataclass(frozen=True, slots=True)
 class Upgrade:
+    """A valid upgrade. ``target`` is what the backend is sent: the client's request target
+    without its ``token`` query parameter (a credential for the gateway, never forwarded)."""
+
     target: str
     headers: list[tuple[bytes, bytes]]
     key: str
@@ -49,6 +53,7 @@ class Upgrade:
     origin: str | None
 
 
+@functools.lru_cache(maxsize=64)  # refusals repeat; under a flood they are made by the thousand
 def http_response(status: int, body: str = "", headers: tuple[tuple[str, str], ...] = ()) -> bytes:
     phrase = HTTPStatus(status).phrase
     text = (body or phrase) + "\n"
@@ -62,7 +67,15 @@ def http_response(status: int, body: str = "", headers: tuple[tuple[str, str], .
 class UpgradeParser:
     """Feed client bytes; returns an :class:`Upgrade` once a valid request is complete."""
 
-    __slots__ = ("_conn", "key_header", "path_prefix", "require_key", "trailing")
+    __slots__ = (
+        "_conn",
+        "_fed",
+        "key_header",
+        "max_bytes",
+        "path_prefix",
+        "require_key",
+        "trailing",
+    )
 
     def __init__(
         self,
@@ -73,6 +86,8 @@ class UpgradeParser:
         require_key: bool = True,
     ):
         self._conn = h11.Connection(h11.SERVER, max_incomplete_event_size=max_bytes)
+        self._fed = 0  # bytes fed so far
+        self.max_bytes = max_bytes
         self.path_prefix = path_prefix
         self.key_header = key_header.lower().encode()
         self.trailing = b""
@@ -80,6 +95,7 @@ class UpgradeParser:
 
     def feed(self, data: bytes) -> Upgrade | None:
         conn = self._conn
+        self._fed += len(data)
         try:
             conn.receive_data(data)
             event = conn.next_event()
@@ -92,19 +108,26 @@ class UpgradeParser:
             return None
         if not isinstance(event, h11.Request):
             raise HandshakeError(400, "malformed HTTP request")
-        upgrade = self._validate(event)
         # Anything after the request head (a client that did not wait for 101) is kept.
         try:
             while conn.next_event() not in (h11.PAUSED, h11.NEED_DATA):
                 pass
         except h11.RemoteProtocolError as exc:
             raise HandshakeError(400, "upgrade request with a body") from exc
-        self.trailing = conn.trailing_data[0]
+        trailing = conn.trailing_data[0]
+        # h11 bounds only a head still incomplete; one that arrived whole is measured here.
+        if self._fed - len(trailing) > self.max_bytes:
+            raise HandshakeError(431, "request head too large")
+        upgrade = self._validate(event)
+        self.trailing = trailing
         return upgrade
 
     def _validate(self, req: h11.Request) -> Upgrade:
         if req.method != b"GET":
             raise HandshakeError(405, "WebSocket upgrades use GET", (("Allow", "GET"),))
+        if req.http_version < b"1.1":
+            # RFC 6455 §4.1/§4.2.1: HTTP/1.1 or higher; a mismatched handshake gets 400.
+            raise HandshakeError(400, "WebSocket upgrades need HTTP/1.1")
         # RFC 3986 targets are ASCII (keys percent-encoded as UTF-8); a client that sends
         # raw UTF-8 is read as such rather than refused.
         try:
@@ -150,7 +173,18 @@ class UpgradeParser:
         auth = _text(h.get(b"authorization"))
         if token is None and auth and auth.lower().startswith("bearer "):
             token = auth[7:].strip()
-        return Upgrade(target, list(req.headers), key, token, _text(h.get(b"origin")))
+        return Upgrade(
+            _without_token(target), list(req.headers), key, token, _text(h.get(b"origin"))
+        )
+
+
+def _without_token(target: str) -> str:
+    """The target without any ``token`` query parameter (however its name is encoded)."""
+    path, sep, query = target.partition("?")
+    if not sep:
+        return target
+    kept = [p for p in query.split("&") if unquote_plus(p.partition("=")[0]) != "token"]
+    return f"{path}?{'&'.join(kept)}" if kept else path
 
 
 def _text(v: bytes | None) -> str | None:

@@ -23,6 +23,18 @@ class GatewayMetrics:
         self.slow_consumers = Counter(
             "gateway_slow_consumers", "Clients cut off for not reading", registry=r
         )
+        self.evicted = Counter(
+            "gateway_handshakes_evicted",
+            "Unfinished upgrades dropped to make room for new ones (also counted as 408)",
+            registry=r,
+        )
+        self.admin_dropped = Counter(
+            "gateway_admin_dropped",
+            "Admin connections closed by the listener's bounds: evicted (to make room), "
+            "refused (all busy), timeout (no request in time)",
+            ["reason"],
+            registry=r,
+        )
         self.idle_closed = Counter("gateway_idle_closed", "Connections closed idle", registry=r)
         self.reroutes = Counter("gateway_reroutes", "Upgrades re-routed after 421", registry=r)
         self.backend_unreachable = Counter(

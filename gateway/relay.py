@@ -16,9 +16,12 @@ import asyncio
 import enum
 import os
 import socket
+import ssl
 import time
+from collections.abc import Coroutine
 from dataclasses import dataclass
-from typing import TYPE_CHECKING, Protocol, cast
+from functools import partial
+from typing import TYPE_CHECKING, Any, Protocol, cast
 
 from clientlib.kernel.session_protocol import CloseCode, CloseHint
 from gateway.frames import FrameTracker, close_frame
@@ -71,6 +74,8 @@ class RelayLimits:
     handshake_timeout_s: float = 10.0
     slow_consumer_s: float = 10.0
     idle_timeout_s: float = 300.0
+    control_frame_rate: float = 10.0  # pings and pongs per second from a client; 0: no limit
+    control_frame_burst: int = 50
     close_linger_s: float = 5.0  # how long a closing peer may take to answer our close
 
 
@@ -81,6 +86,7 @@ class ConnectionHost(Protocol):
     metrics: GatewayMetrics
     loop: asyncio.AbstractEventLoop
     drain_hint: str
+    tls: ssl.SSLContext | None  # TLS for clients, started by the connection itself
 
     def accepted(self, conn: ClientSide) -> HandshakeError | None:
         """Count a new connection; the refusal to send it, if it is over a limit."""
@@ -140,13 +146,13 @@ class ClientSide(asyncio.Protocol):
         self.transport: asyncio.Transport | None = None
         self.backend: BackendSide | None = None
         lim = host.limits
-        self.parser: UpgradeParser | None = UpgradeParser(
-            max_bytes=lim.max_handshake_bytes,
-            path_prefix=lim.path_prefix,
-            key_header=lim.key_header,
-            require_key=lim.require_key,
+        self.parser: UpgradeParser | None = None  # made once the connection is admitted
+        self.c2b = FrameTracker(
+            masked=True,
+            max_frame=lim.max_frame_bytes,
+            control_rate=lim.control_frame_rate,
+            control_burst=lim.control_frame_burst,
         )
-        self.c2b = FrameTracker(masked=True, max_frame=lim.max_frame_bytes)
         self.b2c = FrameTracker(masked=False, max_frame=1 << 62)
         self.key = ""
         self.node = ""
@@ -174,9 +180,73 @@ class ClientSide(asyncio.Protocol):
         host.metrics.accepted.inc()
         refusal = host.accepted(self)
         if refusal is not None:
+            if host.tls is not None:
+                # No TLS handshake (and no answer) for a connection refused at the door.
+                host.metrics.rejected.labels(str(refusal.status)).inc()
+                self.closed_by = "gateway"
+                self.state = CLOSED
+                transport.abort()
+                return
             self.reject(refusal)
             return
-        self.timer = host.loop.call_later(host.limits.handshake_timeout_s, self.handshake_timeout)
+        lim = host.limits
+        self.parser = UpgradeParser(
+            max_bytes=lim.max_handshake_bytes,
+            path_prefix=lim.path_prefix,
+            key_header=lim.key_header,
+            require_key=lim.require_key,
+        )
+        self.timer = host.loop.call_later(lim.handshake_timeout_s, self.handshake_timeout)
+        if host.tls is not None:
+            # TLS starts only now, so a connection is counted (and timed) from its first
+            # byte, not from the end of a handshake that a flood never finishes.
+            self.start_tls(transport, host.tls)
+
+    def start_tls(self, raw: asyncio.Transport, ctx: ssl.SSLContext) -> None:
+        """Put TLS under this protocol. ``loop.start_tls`` swaps the protocol before its
+        only ``await``; that must happen now, since the loop may read the ClientHello
+        as soon as ``connection_made`` returns (Python 3.11 has no eager tasks): the
+        coroutine is stepped here and resumed by its future, as a task would."""
+        coro = self.host.loop.start_tls(
+            raw,
+            self,
+            ctx,
+            server_side=True,
+            ssl_handshake_timeout=self.host.limits.handshake_timeout_s,
+        )
+        self._tls_step(raw, coro, None)
+
+    def _tls_step(
+        self,
+        raw: asyncio.Transport,
+        coro: Coroutine[Any, Any, asyncio.Transport | None],
+        _done: object,
+    ) -> None:
+        try:
+            waiting = coro.send(None)
+        except StopIteration as finished:
+            self._tls_done(raw, finished.value, None)
+            return
+        except Exception as exc:  # any failed handshake: the peer is gone
+            self._tls_done(raw, None, exc)
+            return
+        if not asyncio.isfuture(waiting):  # start_tls awaits one future; anything else: stop
+            coro.close()
+            self._tls_done(raw, None, None)
+            return
+        waiting._asyncio_future_blocking = False
+        waiting.add_done_callback(partial(self._tls_step, raw, coro))
+
+    def _tls_done(
+        self, raw: asyncio.Transport, tls: asyncio.Transport | None, exc: Exception | None
+    ) -> None:
+        if tls is None or self.state == CLOSED or raw.is_closing() or tls.is_closing():
+            # Gone during the handshake: the TLS layer does not report that to us.
+            raw.abort()
+            self.connection_lost(exc)
+            return
+        self.transport = tls
+        tls.set_write_buffer_limits(high=self.host.limits.write_high_water)
 
     def handshake_timeout(self) -> None:
         if self.state < RELAY:
@@ -200,9 +270,17 @@ class ClientSide(asyncio.Protocol):
             self.pending += data
             if len(self.pending) > self.host.limits.max_handshake_bytes:
                 self.reject(HandshakeError(400, "data before the handshake completed"))
+        elif (
+            self.state == CLOSING
+            and self.transport is not None
+            and (self.c2b.feed(data) or self.c2b.close_seen)
+        ):
+            # After our close frame, the client's answer (or a broken frame) ends it.
+            self.transport.close()
 
     def handshake_data(self, data: bytes) -> None:
-        assert self.parser is not None
+        if self.parser is None:
+            return  # refused at the door
         try:
             up = self.parser.feed(data)
             if up is None:
@@ -251,7 +329,8 @@ class ClientSide(asyncio.Protocol):
     # ------------------------------------------------------------------ relay
 
     def violation(self, code: int) -> None:
-        """The client broke the framing rules (1002) or sent a frame too big (1009)."""
+        """The client broke the framing rules (1002), sent too many control frames (1008)
+        or a frame too big (1009)."""
         self.host.metrics.violations.labels(str(code)).inc()
         self.closed_by = "gateway"
         self.close_code = code
@@ -313,8 +392,10 @@ class ClientSide(asyncio.Protocol):
             self.backend.transport.resume_reading()
 
     def tick(self, now: float) -> None:
-        """Housekeeping, once a second: cut a slow consumer, close an idle connection."""
+        """Housekeeping, once a second: the client's control-frame budget, cut a slow
+        consumer, close an idle connection."""
         lim = self.host.limits
+        self.c2b.refill(now)
         if self.paused_since is not None and now - self.paused_since > lim.slow_consumer_s:
             self.cut_slow_consumer()
         elif self.state == RELAY:
@@ -342,6 +423,8 @@ class ClientSide(asyncio.Protocol):
             self.backend.transport.abort()
 
     def connection_lost(self, exc: Exception | None) -> None:
+        if self.state == CLOSED and self.transport is None:
+            return  # already told (a TLS handshake that failed is reported twice)
         if self.timer is not None:
             self.timer.cancel()
         if not self.closed_by:

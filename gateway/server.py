@@ -8,7 +8,7 @@ import resource
 import secrets
 import ssl
 import time
-from collections.abc import Callable
+from collections.abc import Awaitable, Callable
 from functools import partial
 
 import structlog
@@ -23,11 +23,11 @@ from gateway.metrics import GatewayMetrics
 from gateway.relay import CONNECTING, RELAY, BackendSide, ClientSide, RelayLimits
 from gateway.route_source import RouteSource
 
-__all__ = ["Gateway", "raise_fd_limit"]
+__all__ = ["Gateway", "backend_ssl_context", "raise_fd_limit"]
 
 log = structlog.get_logger("gateway")
 
-FD_RESERVE = 64  # descriptors kept for listeners, logs, the store, the admin API
+FD_RESERVE = 64  # descriptors kept for listeners, logs, the state, control sockets
 ROUTE_GRACE_S = 3.0  # after a table change, relays to a node that lost their key are cut
 
 
@@ -39,6 +39,16 @@ def raise_fd_limit() -> int:
             resource.setrlimit(resource.RLIMIT_NOFILE, (hard, hard))
             soft = hard
     return soft
+
+
+def backend_ssl_context(config: GatewayConfig) -> ssl.SSLContext | None:
+    """The TLS client context for the backend hop, or None (plain TCP)."""
+    if not config.backend_tls:
+        return None
+    ctx = ssl.create_default_context(ssl.Purpose.SERVER_AUTH, cafile=config.backend_tls_ca)
+    if config.backend_tls_cert and config.backend_tls_key:
+        ctx.load_cert_chain(config.backend_tls_cert, config.backend_tls_key)
+    return ctx
 
 
 class Gateway:
@@ -60,6 +70,8 @@ class Gateway:
             handshake_timeout_s=config.handshake_timeout_s,
             slow_consumer_s=config.slow_consumer_s,
             idle_timeout_s=config.idle_timeout_s,
+            control_frame_rate=config.control_frame_rate,
+            control_frame_burst=config.control_frame_burst,
         )
         self.directory = directory
         self.metrics = metrics or GatewayMetrics()
@@ -67,10 +79,25 @@ class Gateway:
         self.conns: set[ClientSide] = set()
         self.per_ip: dict[str, int] = {}  # open connections per client address
         self._counted: set[ClientSide] = set()  # connections counted in per_ip
+        # Connections still reading their upgrade, oldest first, and their count per address.
+        self.pending: dict[ClientSide, None] = {}
+        self.pending_per_ip: dict[str, int] = {}
         fds = raise_fd_limit()
-        self.max_connections = config.max_connections or max((fds - FD_RESERVE) // 2, 1)
-        self.auth = TokenVerifier(config.jwt_secret) if config.jwt_secret else None
+        # Two descriptors per proxied connection; the admin listener has its own bound.
+        spare = fds - FD_RESERVE - config.admin_max_connections
+        self.max_connections = config.max_connections or max(spare // 2, 1)
+        self.auth = (
+            TokenVerifier(config.jwt_secret, leeway_s=config.jwt_leeway_s)
+            if config.jwt_secret
+            else None
+        )
         self.draining = False
+        self.drained = asyncio.Event()  # the current drain is over: empty, late, or undone
+        self._drain_timers: list[asyncio.TimerHandle] = []
+        # The process should drain and exit (SIGTERM, or POST /v1/drain); after a
+        # signal ("final") there is no way back.
+        self.exit_requested = asyncio.Event()
+        self.exit_final = False
         self.drain_hint = CloseHint(window_ms=int(config.drain_window_s * 1000)).encode()
         # Set by the control plane: returns a Retry-After (seconds) while shedding, else None.
         self.admission: Callable[[], int | None] = lambda: None
@@ -78,18 +105,19 @@ class Gateway:
         self.credential_of: Callable[[str], str] | None = None
         self._route_version = -1
         self._route_check_at = 0.0
+        self.backend_ssl = backend_ssl_context(config)
+        self.tls: ssl.SSLContext | None = None
+        if config.tls_cert and config.tls_key:
+            self.tls = ssl.create_default_context(ssl.Purpose.CLIENT_AUTH)
+            self.tls.load_cert_chain(config.tls_cert, config.tls_key)
         self.server: asyncio.Server | None = None
         self._sweeper: asyncio.Task[None] | None = None
-        self.closed_event = asyncio.Event()
 
     async def start(self) -> None:
         host, port = parse_hostport(self.config.listen, "listen")
-        ctx = None
-        if self.config.tls_cert and self.config.tls_key:
-            ctx = ssl.create_default_context(ssl.Purpose.CLIENT_AUTH)
-            ctx.load_cert_chain(self.config.tls_cert, self.config.tls_key)
+        # TLS (self.tls) is started by each connection once it is counted (relay.py).
         self.server = await self.loop.create_server(
-            lambda: ClientSide(self), host, port, ssl=ctx, backlog=4096, reuse_address=True
+            lambda: ClientSide(self), host, port, backlog=4096, reuse_address=True
         )
         self._sweeper = self.loop.create_task(self._sweep())
         log.info(
@@ -104,26 +132,55 @@ class Gateway:
     # ------------------------------------------------------------------ ConnectionHost
 
     def accepted(self, conn: ClientSide) -> HandshakeError | None:
+        """Limits on a new connection: in all (503), per address (429), and on unfinished
+        upgrades, per address (429) and in all (the oldest unfinished one is dropped)."""
         self.conns.add(conn)
         if len(self.conns) > self.max_connections:
             return HandshakeError(503, "gateway at connection limit", (("Retry-After", "5"),))
-        limit = self.config.max_conns_per_ip
-        if limit:
-            n = self.per_ip.get(conn.peer_ip, 0)
-            if n >= limit:
-                return HandshakeError(
-                    429, "too many connections from this address", (("Retry-After", "1"),)
-                )
-            self.per_ip[conn.peer_ip] = n + 1
+        cfg = self.config
+        ip = conn.peer_ip
+        n = self.per_ip.get(ip, 0)
+        if cfg.max_conns_per_ip and n >= cfg.max_conns_per_ip:
+            return HandshakeError(
+                429, "too many connections from this address", (("Retry-After", "1"),)
+            )
+        waiting = self.pending_per_ip.get(ip, 0)
+        if cfg.max_pending_per_ip and waiting >= cfg.max_pending_per_ip:
+            return HandshakeError(
+                429, "too many unfinished upgrades from this address", (("Retry-After", "1"),)
+            )
+        if cfg.max_conns_per_ip:
+            self.per_ip[ip] = n + 1
             self._counted.add(conn)
+        if cfg.max_pending_handshakes and len(self.pending) >= cfg.max_pending_handshakes:
+            # Full of unfinished upgrades: the one waiting longest goes. A client that
+            # sends its upgrade at once gets through; one holding a slot open does not.
+            oldest = next(iter(self.pending))
+            self._settled(oldest)
+            self.metrics.evicted.inc()
+            oldest.handshake_timeout()
+        self.pending[conn] = None
+        self.pending_per_ip[ip] = waiting + 1
         return None
 
+    def _settled(self, conn: ClientSide) -> None:
+        """``conn`` no longer waits for its upgrade (parsed, dropped or gone)."""
+        if conn in self.pending:
+            del self.pending[conn]
+            left = self.pending_per_ip.get(conn.peer_ip, 1) - 1
+            if left > 0:
+                self.pending_per_ip[conn.peer_ip] = left
+            else:
+                self.pending_per_ip.pop(conn.peer_ip, None)
+
     def upgrade(self, conn: ClientSide, up: Upgrade) -> None:
+        self._settled(conn)
         self.admit(up)
         self.loop.create_task(self.connect_backend(conn, up))
 
     def closed(self, conn: ClientSide, was_relaying: bool) -> None:
         self.conns.discard(conn)
+        self._settled(conn)
         if conn in self._counted:
             self._counted.discard(conn)
             left = self.per_ip.get(conn.peer_ip, 1) - 1
@@ -134,7 +191,7 @@ class Gateway:
         if was_relaying:
             self._log_close(conn)
         if self.draining and not self.conns:
-            self.closed_event.set()
+            self.drained.set()
 
     # ------------------------------------------------------------------ admission
 
@@ -197,7 +254,7 @@ class Gateway:
             )
             try:
                 _, proto = await asyncio.wait_for(
-                    self.loop.create_connection(partial(BackendSide, client, node, conn), *addr),
+                    self._dial(partial(BackendSide, client, node, conn), addr),
                     cfg.connect_timeout_s,
                 )
             except (OSError, TimeoutError):
@@ -240,6 +297,21 @@ class Gateway:
             if 400 <= status < 500 and status != 408:
                 raise HandshakeError(status, "refused by backend")
             raise HandshakeError(502, "backend error")
+
+    def _dial(
+        self, factory: Callable[[], BackendSide], addr: tuple[str, int]
+    ) -> Awaitable[tuple[asyncio.BaseTransport, BackendSide]]:
+        """Open the backend hop, over TLS with ``backend_tls`` (a certificate that does not
+        verify fails like a refused connection)."""
+        if self.backend_ssl is None:
+            return self.loop.create_connection(factory, *addr)
+        return self.loop.create_connection(
+            factory,
+            *addr,
+            ssl=self.backend_ssl,
+            server_hostname=self.config.backend_tls_server_name or addr[0],
+            ssl_handshake_timeout=self.config.connect_timeout_s,
+        )
 
     # ------------------------------------------------------------------ lifecycle
 
@@ -300,31 +372,70 @@ class Gateway:
             log.warning("relays_cut", count=cut, reason="owner changed")
         return cut
 
-    async def drain(self) -> None:
-        """Refuse new upgrades; close clients with 1001 in waves; return when empty or late."""
+    def begin_drain(self) -> None:
+        """Refuse new upgrades and close clients with 1001, spread over the drain window;
+        at the deadline, cut whoever is left. Idempotent."""
         if self.draining:
-            await self.closed_event.wait()
             return
         self.draining = True
+        self.drained = asyncio.Event()
         cfg = self.config
         relaying = [c for c in self.conns if c.state == RELAY]
         log.info("gateway_draining", connections=len(relaying), window_s=cfg.drain_window_s)
-        for c in self.conns:
+        for c in list(self.conns):
             if c.state < RELAY:
                 c.drain_close()
         n = max(len(relaying), 1)
-        for i, c in enumerate(relaying):
+        self._drain_timers = [
             self.loop.call_later(
                 cfg.drain_window_s * i / n, c.drain_close, CloseCode.GOING_AWAY, self.drain_hint
             )
+            for i, c in enumerate(relaying)
+        ]
+        self._drain_timers.append(self.loop.call_later(cfg.drain_deadline_s, self._drain_late))
         if not self.conns:
-            self.closed_event.set()
-        with contextlib.suppress(TimeoutError):
-            await asyncio.wait_for(self.closed_event.wait(), cfg.drain_deadline_s)
+            self.drained.set()
+
+    def _drain_late(self) -> None:
         for c in list(self.conns):
             c.abort()
+        self.drained.set()
+
+    async def drain(self) -> bool:
+        """Drain (see :meth:`begin_drain`) and wait: True once no client is left (or the
+        deadline passed), False if :meth:`undrain` reopened the gateway first."""
+        self.begin_drain()
+        await self.drained.wait()
+        return self.draining
+
+    def undrain(self) -> bool:
+        """Reopen a draining gateway: new upgrades are admitted again and the closes not
+        yet sent are called off. False when the drain cannot be undone: it was started by
+        a signal, or it was for exiting and is over."""
+        if not self.draining:
+            return True
+        if self.exit_final or (self.exit_requested.is_set() and self.drained.is_set()):
+            return False
+        for t in self._drain_timers:
+            t.cancel()
+        self._drain_timers = []
+        for c in self.conns:
+            c.drain_pending = False
+        self.draining = False
+        self.exit_requested.clear()
+        self.drained.set()
+        log.info("gateway_undrained", connections=len(self.conns))
+        return True
+
+    def request_exit(self, *, final: bool) -> None:
+        """Ask the process to drain and exit (``final``: a signal, no undrain)."""
+        self.exit_final = self.exit_final or final
+        self.begin_drain()
+        self.exit_requested.set()
 
     async def close(self) -> None:
+        for t in self._drain_timers:
+            t.cancel()
         if self.server is not None:
             self.server.close()
         if self._sweeper is not None:

@@ -60,9 +60,11 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
     b.add_argument(
         "--write", default="docs/benchmarks.md", help="markdown file to update ('' to skip)"
     )
+    from loadtest.attack import add_parser as add_attack_parser
     from loadtest.netfault import add_parser
 
     add_parser(sub)
+    add_attack_parser(sub)
     return p.parse_args(argv)
 
 
@@ -74,6 +76,10 @@ def main(argv: list[str] | None = None) -> None:
 
         args.fault = args.fault or list(FAULTS)
         sys.exit(netfault_main(args))
+    if args.cmd == "attack":
+        from loadtest.attack import main as attack_main
+
+        sys.exit(attack_main(args))
     if args.cmd == "bench":
         from loadtest.bench import run_bench
 

@@ -36,6 +36,8 @@ from websockets.asyncio.client import connect
 from loadtest.topology import free_port
 
 TICK = os.sysconf("SC_CLK_TCK")
+# Every benchmark client comes from 127.0.0.1: the gateway's per-address limits are off.
+ONE_ADDRESS = ["--max-conns-per-ip", "0", "--max-pending-per-ip", "0"]
 
 
 def proc_tree(pid: int) -> list[int]:
@@ -242,6 +244,9 @@ def start_system(name: str, backends: list[str], workdir: Path) -> System | None
             f"127.0.0.1:{free_port()}",
             "--log-level",
             "warning",
+            "--state-dir",
+            str(workdir / "gateway-state"),
+            *ONE_ADDRESS,
         ]
         for b in backends:
             args += ["--static-backend", b]
@@ -371,6 +376,9 @@ def run_slow_reader(
             hose,
             "--log-level",
             "warning",
+            "--state-dir",
+            str(work / "gateway-state"),
+            *ONE_ADDRESS,
         ],
         work / "gateway.log",
     )

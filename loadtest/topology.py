@@ -120,6 +120,12 @@ class Topology:
                 str(self.workdir / "gateway"),
                 "--rebalance",
                 "on" if self.rebalance else "off",
+                # All simulated clients share one address: per-address limits are for
+                # real clients (docs/security.md).
+                "--max-conns-per-ip",
+                "0",
+                "--max-pending-per-ip",
+                "0",
                 *self.extra_gateway_args,
             ],
             self.workdir / "gateway.log",

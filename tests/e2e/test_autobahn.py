@@ -64,6 +64,8 @@ def test_gateway_adds_no_failure(tmp_path):
                 "off",
                 "--log-level",
                 "warning",
+                "--state-dir",
+                str(tmp_path / "gateway-state"),
             ]
         )
     )

@@ -52,6 +52,8 @@ async def test_static_echo_path(tmp_path):
                 f"127.0.0.1:{gport}",
                 "--admin-listen",
                 f"127.0.0.1:{aport}",
+                "--state-dir",
+                str(tmp_path / "gateway-state"),
                 *[a for p in ports for a in ("--static-backend", f"127.0.0.1:{p}")],
             ]
         )

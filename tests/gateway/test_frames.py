@@ -99,3 +99,34 @@ def test_close_without_code():
     t = FrameTracker(masked=False)
     assert t.feed(frame(0x8, b"")) == 0
     assert t.close_seen and t.close_code is None
+
+
+def test_control_frame_budget_burst_then_rate():
+    """Pings and pongs cost one unit each; refill adds control_rate per second up to the
+    burst; the frame that finds the budget empty gets 1008. Time is injected."""
+    ping = frame(0x9, b"p", mask=b"abcd")
+    pong = frame(0xA, b"", mask=b"abcd")
+    t = FrameTracker(masked=True, control_rate=10, control_burst=20)
+    t.refill(100.0)
+    assert t.feed((ping + pong) * 10) == 0  # the burst
+    assert t.feed(ping) == 1008
+    t = FrameTracker(masked=True, control_rate=10, control_burst=20)
+    t.refill(100.0)
+    assert t.feed(ping * 20) == 0
+    t.refill(100.5)  # half a second: 5 more
+    assert t.feed(ping * 5) == 0
+    assert t.feed(ping) == 1008
+    t = FrameTracker(masked=True, control_rate=10, control_burst=20)
+    t.refill(100.0)
+    t.refill(1000.0)  # a long quiet spell earns no more than the burst
+    assert t.feed(ping * 20) == 0
+    assert t.feed(ping) == 1008
+
+
+def test_data_and_close_frames_cost_nothing_and_no_budget_means_no_limit():
+    t = FrameTracker(masked=True, control_rate=1, control_burst=1)
+    data = frame(0x2, b"x" * 10, mask=b"abcd")
+    assert t.feed(data * 1000) == 0
+    assert t.feed(frame(0x8, struct.pack("!H", 1000), mask=b"abcd")) == 0
+    unlimited = FrameTracker(masked=False)
+    assert unlimited.feed(frame(0x9, b"") * 100_000) == 0

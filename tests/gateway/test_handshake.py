@@ -82,6 +82,48 @@ def test_oversized_head():
     assert exc.value.status in (400, 413, 431)
 
 
+def test_oversized_head_in_one_piece_is_refused():
+    """The limit is on the head's total size, however it arrives (71 KiB in one write)."""
+    data = req(X_Big="x" * 71 * 1024)
+    with pytest.raises(HandshakeError) as exc:
+        UpgradeParser(max_bytes=16384).feed(data)
+    assert exc.value.status == 431
+
+
+def test_head_limit_leaves_early_frames_out():
+    """Frames sent right after the head (no wait for 101) do not count against the limit."""
+    head = req()
+    p = UpgradeParser(max_bytes=len(head))
+    up = p.feed(head + b"\x82\x80abcd" * 2000)
+    assert up is not None and len(p.trailing) == 12000
+
+
+def test_http_10_upgrade_is_refused():
+    data = req().replace(b"HTTP/1.1", b"HTTP/1.0", 1)
+    with pytest.raises(HandshakeError) as exc:
+        parse(data)
+    assert exc.value.status == 400
+
+
+@pytest.mark.parametrize(
+    "target,forwarded",
+    [
+        ("/ws?key=a&token=SECRET", "/ws?key=a"),
+        ("/ws?token=SECRET&key=a", "/ws?key=a"),
+        ("/ws?token=SECRET", "/ws"),
+        ("/ws?key=a&to%6Ben=SECRET&x=1", "/ws?key=a&x=1"),
+        ("/ws?key=a&token=S1&token=S2", "/ws?key=a"),
+        ("/ws?key=a&tokens=keep&token=S", "/ws?key=a&tokens=keep"),
+    ],
+)
+def test_token_is_not_forwarded(target, forwarded):
+    up = parse(req(target, **{"X-Routing-Key": "a"}))
+    assert up is not None and up.token is not None and up.token.startswith("S")
+    assert up.target == forwarded
+    _, data = forward_request(up, key=up.key, slot=1, epoch=1, client_ip="", request_id="r")
+    assert b"SECRET" not in data and b"S1" not in data
+
+
 @given(st.binary(max_size=600))
 def test_fuzz_parser_only_raises_handshake_error(data):
     try:

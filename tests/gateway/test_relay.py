@@ -5,6 +5,7 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import socket
+import ssl
 from typing import Any
 
 import pytest
@@ -19,6 +20,7 @@ from gateway.auth import make_token
 from gateway.config import GatewayConfig
 from gateway.route_source import StaticDirectory
 from gateway.server import Gateway
+from tests.gateway.gwproc import make_cert
 
 pytestmark = pytest.mark.timeout(30)
 
@@ -165,7 +167,10 @@ async def test_421_reroutes_to_new_owner():
 
 
 async def test_half_open_handshake_flood_times_out_and_others_still_work():
-    async with plain_server() as b, gateway([b], handshake_timeout_s=0.5) as gw:
+    async with (
+        plain_server() as b,
+        gateway([b], handshake_timeout_s=0.5, max_pending_per_ip=0) as gw,
+    ):
         writers = []
         for _ in range(300):
             _, w = await asyncio.open_connection("127.0.0.1", gw.port)
@@ -228,6 +233,7 @@ async def test_tokens():
             (None, 401),
             ("garbage", 401),
             (make_token(secret, "alice", ["room:*"], ttl_s=-60), 401),
+            (make_token(secret, "alice", ["room:*"], ttl_s=-2), 401),  # no leeway by default
             (make_token("x" * 32, "alice", ["room:*"]), 401),
             (make_token(secret, "alice", ["doc:*"]), 403),
         ):
@@ -264,6 +270,18 @@ async def test_connection_limit_answers_503():
 
 def test_close_code_constants():
     assert CloseCode.SLOW_CONSUMER == 4001
+
+
+async def test_drained_client_answering_the_close_is_let_go_at_once():
+    """The client's close answer ends its connection; nobody waits for close_linger_s (5 s)."""
+    async with plain_server() as b, gateway([b], drain_window_s=0.1, drain_deadline_s=30) as gw:
+        conns = [await connect(url(gw, f"k{i}")) for i in range(3)]
+        async with asyncio.timeout(4):
+            drain = asyncio.create_task(gw.drain())
+            for ws in conns:
+                with pytest.raises(ConnectionClosed):
+                    await ws.recv()
+            assert await drain is True
 
 
 async def test_tls_termination(tmp_path):
@@ -313,3 +331,137 @@ async def test_per_address_limit_answers_429():
         c = await connect(url(gw))  # a slot freed up
         await c.close()
         await b2.close()
+
+
+async def report_path(ws: ServerConnection) -> None:
+    assert ws.request is not None
+    await ws.send(ws.request.path)
+    with contextlib.suppress(ConnectionClosed):
+        await ws.recv()
+
+
+async def test_query_token_never_reaches_the_backend():
+    secret = "s" * 32
+    token = make_token(secret, "alice", ["room:*"])
+    async with plain_server(report_path) as b, gateway([b], jwt_secret=secret) as gw:
+        async with connect(f"ws://127.0.0.1:{gw.port}/ws?key=room:1&token={token}&v=2") as ws:
+            path = await ws.recv()
+        assert path == "/ws?key=room:1&v=2"
+
+
+UPGRADE = (
+    b"GET /ws?key=a HTTP/1.1\r\nHost: x\r\nUpgrade: websocket\r\nConnection: Upgrade\r\n"
+    b"Sec-WebSocket-Key: MDEyMzQ1Njc4OWFiY2RlZg==\r\nSec-WebSocket-Version: 13\r\n"
+)
+
+
+async def raw_status(port: int, data: bytes) -> bytes:
+    r, w = await asyncio.open_connection("127.0.0.1", port)
+    w.write(data)
+    head = await asyncio.wait_for(r.read(200), 5)
+    w.close()
+    return head[:12]
+
+
+async def test_head_limit_and_http_version_over_a_socket():
+    async with plain_server() as b, gateway([b]) as gw:
+        big = UPGRADE + b"X-Big: " + b"x" * (71 * 1024) + b"\r\n\r\n"  # one write
+        assert await raw_status(gw.port, big) == b"HTTP/1.1 431"
+        old = UPGRADE.replace(b"HTTP/1.1", b"HTTP/1.0", 1) + b"\r\n"
+        assert await raw_status(gw.port, old) == b"HTTP/1.1 400"
+        assert await raw_status(gw.port, UPGRADE + b"\r\n") == b"HTTP/1.1 101"
+
+
+async def test_ping_flood_is_closed_1008_and_others_unaffected():
+    async with (
+        plain_server() as b,
+        gateway([b], control_frame_rate=10, control_frame_burst=20) as gw,
+        connect(url(gw, "witness")) as witness,
+    ):
+        r, w = await asyncio.open_connection("127.0.0.1", gw.port)
+        w.write(UPGRADE.replace(b"key=a", b"key=flood") + b"\r\n")
+        assert (await r.readuntil(b"\r\n\r\n")).startswith(b"HTTP/1.1 101")
+        ping = b"\x89\x80abcd"  # masked, empty
+        for _ in range(100):
+            w.write(ping * 100)
+        with contextlib.suppress(ConnectionResetError):  # unread pings: the close may reset
+            while await asyncio.wait_for(r.read(65536), 5):
+                pass
+        assert gw.metrics.violations.labels("1008")._value.get() == 1
+        w.close()
+        await witness.ping()  # a few pings are fine
+        await witness.send("still here")
+        assert await witness.recv() == "still here"
+
+
+async def open_from(port: int, source: str, n: int, data: bytes = b"") -> list[Any]:
+    """``n`` raw connections from the loopback address ``source``; each sends ``data``."""
+    out = []
+    for _ in range(n):
+        r, w = await asyncio.open_connection("127.0.0.1", port, local_addr=(source, 0))
+        if data:
+            w.write(data)
+        out.append((r, w))
+    return out
+
+
+def test_per_address_limits_are_on_by_default():
+    cfg = GatewayConfig()
+    assert cfg.max_conns_per_ip > 0 and cfg.max_pending_per_ip > 0
+    assert cfg.max_pending_handshakes > 0
+
+
+async def test_unfinished_upgrades_per_address_answer_429():
+    async with plain_server() as b, gateway([b], max_pending_per_ip=8) as gw:
+        idle = await open_from(gw.port, "127.0.0.2", 20, b"GET /ws?key=a HTTP/1.1\r\n")
+        answers = [await asyncio.wait_for(r.read(12), 0.5) for r, _ in idle[8:]]
+        assert answers == [b"HTTP/1.1 429"] * 12
+        assert len(gw.pending) == 8 and gw.pending_per_ip == {"127.0.0.2": 8}
+        async with connect(url(gw)) as ws:  # another address is not affected
+            await ws.send("served")
+            assert await ws.recv() == "served"
+        for _, w in idle:
+            w.close()
+        await asyncio.sleep(0.2)
+        assert not gw.pending and not gw.pending_per_ip
+
+
+async def test_full_pending_table_drops_the_oldest_unfinished_upgrade():
+    async with (
+        plain_server() as b,
+        gateway([b], max_pending_handshakes=20, max_pending_per_ip=0) as gw,
+    ):
+        idle = await open_from(gw.port, "127.0.0.2", 20, b"GET /ws?key=a HTTP/1.1\r\n")
+        await asyncio.sleep(0.1)
+        assert len(gw.pending) == 20
+        for i in range(5):  # each new client pushes the oldest idle connection out, gets in
+            async with connect(url(gw, f"w{i}")) as ws:
+                await ws.send("served")
+                assert await ws.recv() == "served"
+            idle += await open_from(gw.port, "127.0.0.2", 1, b"GET /ws?key=a HTTP/1.1\r\n")
+            await asyncio.sleep(0.05)
+            assert len(gw.pending) == 20
+        assert gw.metrics.evicted._value.get() == 5
+        for r, _ in idle[:5]:  # the oldest went first
+            assert await asyncio.wait_for(r.read(), 1) == b""
+        for _, w in idle:
+            w.close()
+
+
+async def test_tls_connections_count_before_their_handshake(tmp_path):
+    cert, key = make_cert(tmp_path)
+    async with (
+        plain_server() as b,
+        gateway([b], tls_cert=str(cert), tls_key=str(key), max_pending_per_ip=4) as gw,
+    ):
+        idle = await open_from(gw.port, "127.0.0.2", 10)  # never start TLS
+        await asyncio.sleep(0.2)
+        assert len(gw.pending) == 4 and len(gw.conns) == 4
+        ctx = ssl.create_default_context(cafile=str(cert))
+        async with connect(f"wss://127.0.0.1:{gw.port}/ws?key=t", ssl=ctx) as ws:
+            await ws.send("over tls")
+            assert await ws.recv() == "over tls"
+        for _, w in idle:
+            w.close()
+        await asyncio.sleep(0.2)
+        assert not gw.conns and not gw.pending
