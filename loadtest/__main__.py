@@ -65,6 +65,9 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
 
     add_parser(sub)
     add_attack_parser(sub)
+    from loadtest.attack_backend import add_parser as add_backend_attack_parser
+
+    add_backend_attack_parser(sub)
     return p.parse_args(argv)
 
 
@@ -76,6 +79,10 @@ def main(argv: list[str] | None = None) -> None:
 
         args.fault = args.fault or list(FAULTS)
         sys.exit(netfault_main(args))
+    if args.cmd == "attack-backend":
+        from loadtest.attack_backend import main as backend_attack_main
+
+        sys.exit(backend_attack_main(args))
     if args.cmd == "attack":
         from loadtest.attack import main as attack_main
 
