@@ -1,24 +1,27 @@
 """The rebalancer: node loads + slot table → moves. Pure: no I/O, the clock is an argument.
 
-Rules, each a tested property:
+Rules, each a tested property (``tests/gateway/test_rebalancer.py``, and in a closed
+loop with a simulated fleet, ``tests/gateway/test_planner_closed_loop.py``):
 
-* act at once on a node's ``pressure`` flag; on imbalance (max/mean utilization
-  above 1 + tolerance) only every ``imbalance_period_s``, and only when the
-  busiest node is above ``floor`` of its capacity (an idle fleet is never churned);
-* move the hottest movable units (single hot keys, or slots) from the most to
-  the least utilized nodes, each unit fitting the target's headroom below
-  mean·(1 + tolerance), and only when the target ends no hotter than the source;
-* anti-flapping: a cooldown per moved unit, a cap on moves and on moved load per
-  round, nodes with a batch in flight are left alone;
-* a key hotter than any node's headroom is not bounced: it is reported as
-  isolated, and other units move off its node instead;
-* when the fleet as a whole is above ``admission_high``, moving helps nobody:
-  no moves, and the plan says to shed new connections.
+* act at once on a node's ``pressure`` flag (when it is clearly above the mean); on
+  imbalance (max/mean utilization above 1 + tolerance) every ``imbalance_period_s``
+  at most, and only when the busiest node is above ``floor`` (an idle fleet is never
+  churned); never while a round's moves are in flight or settling, and not while
+  reports are still rising (for ``2·imbalance_period_s`` at most);
+* a round is planned as a whole: every node ends under its line, mean·(1 + tolerance)
+  of its capacity, with the least moved load the packing finds (see ``_Draft``);
+* a key hotter than every node's fair share is reported as ``isolated`` and gets a
+  node of its own: the units beside it move off, nothing moves onto it;
+* anti-flapping: a cooldown per moved unit, caps on moves and on moved load per round,
+  receivers filled to a margin under their line, a dead band of 1 % of the mean;
+* when the fleet as a whole is above ``admission_high``, moving helps nobody: no
+  moves, and the plan says to shed new connections.
 """
 
 from __future__ import annotations
 
 import copy
+from collections import Counter
 from collections.abc import Iterable
 from dataclasses import dataclass, field
 
@@ -47,13 +50,16 @@ class PlannerConfig:
     floor: float = 0.3
     imbalance_period_s: float = 3.0
     cooldown_s: float = 30.0
+    # A round moves what it must (every node sheds to its line); these caps only slow
+    # it down. 4096: a round may move every slot once; 1.0: a key carrying more than
+    # half the traffic may still leave a node too small for it.
     max_moves: int = 4096
     max_moved_share: float = 1.0  # of the fleet's load, per round
     min_unit_rate: float = 0.5
     admission_high: float = 0.95
     admission_low: float = 0.85
     join_batch: int = 4096  # cold (load-free) slots handed to an under-filled node per round
-    steady_s: float = 1.0  # a view that rose in the last steady_s is still filling in
+    steady_s: float = 1.0  # a report that rose within steady_s is still filling in
 
     def __post_init__(self) -> None:
         if not 0 < self.tolerance < 1 or not 0 <= self.floor < 1:
@@ -69,11 +75,11 @@ class PlannerState:
     """What the planner remembers between rounds (owned by the caller)."""
 
     moved_at: dict[Unit, float] = field(default_factory=dict)
-    last_imbalance_round: float = float("-inf")
+    last_imbalance_round: float = float("-inf")  # the last round, whatever its reason
     shedding: bool = False
     seen: dict[str, float] = field(default_factory=dict)  # node → rate at the last call
-    rising_at: float = float("-inf")  # when a node's rate last rose by more than its band
-    waiting_since: float | None = None  # a round held back since, while the view rose
+    rising_at: float = float("-inf")  # when a node's rate last rose beyond a quarter band
+    waiting_since: float | None = None  # a round held back since, while reports rose
 
 
 @dataclass(frozen=True, slots=True)
@@ -88,7 +94,7 @@ class Move:
 class Plan:
     moves: tuple[Move, ...] = ()
     reason: str = ""  # "pressure", "imbalance", "join" or "" (nothing to do)
-    isolated: tuple[str, ...] = ()  # keys too hot for any node's headroom
+    isolated: tuple[str, ...] = ()  # keys hotter than every node's fair share
     shed: bool = False  # admission control: refuse new connections
     imbalance: float = 1.0
 
@@ -115,10 +121,8 @@ def plan(
 ) -> Plan:
     if not loads:
         return Plan()
-    cap = sum(n.capacity for n in loads)
-    total = sum(n.rate for n in loads)
-    mean = total / cap
     imb = imbalance(loads)
+    mean = sum(n.rate for n in loads) / sum(n.capacity for n in loads)
     # Admission control, with hysteresis.
     if state.shedding and mean < cfg.admission_low:
         state.shedding = False
@@ -126,80 +130,63 @@ def plan(
         state.shedding = True
     if state.shedding:
         return Plan(reason="", shed=True, imbalance=imb)
-    join = _join_moves(loads, table, cfg, busy)
-    if len(loads) < 2 or total <= 0:
-        return Plan(join, "join" if join else "", imbalance=imb)
-    isolated = _isolated(loads, mean)
-    # A pressured node close to the mean is fleet-wide load, not a hotspot: moving its
-    # units would only pass the pressure around (admission control handles that).
-    relief = mean * (1 + cfg.tolerance / 2)
-    pressured = any(n.pressure and n.node not in busy and n.util > relief for n in loads)
-    peak = max(loads, key=lambda n: n.util)
-    unbalanced = (
-        imb > 1 + cfg.tolerance
-        and peak.util > cfg.floor
-        and now - state.last_imbalance_round >= cfg.imbalance_period_s
-    )
-    names = tuple(k for k, _, _ in isolated)
-    steady = _steady(loads, state, now, cfg, busy, mean)
-    if not (pressured or unbalanced) or not steady:
-        return Plan(join, "join" if join else "", names, imbalance=imb)
-    if unbalanced:
-        state.last_imbalance_round = now
-    cooling = {u for u, t in state.moved_at.items() if now - t < cfg.cooldown_s}
-    items = {n.node: _items(n, table, cooling, cfg) for n in loads if n.node not in busy}
-    # Four ways to pack, the best kept: units placed where they end least utilized or
-    # where they fill a gap best; receivers filled to a margin under their line or up to
-    # it. The margin is worth up to 10 % more moved load, not more.
-    drafts = [
-        _Draft(loads, items, cfg, busy, mean, tight, margin)
-        for margin in (True, False)
-        for tight in (False, True)
-    ]
-    draft = min(drafts, key=lambda d: d.solve(isolated))
-    for it in draft.committed:
-        state.moved_at[it.unit] = now
-        for key in it.riders:  # they moved with their slot: same cooldown
-            state.moved_at[("key", key)] = now
-    moves = tuple(draft.moves)
-    if not moves and join:
-        return Plan(join, "join", names, imbalance=imb)
-    reason = "pressure" if pressured else "imbalance"
-    return Plan(moves, reason if moves else "", names, imbalance=imb)
+    state.moved_at = {u: t for u, t in state.moved_at.items() if now - t < cfg.cooldown_s}
+    isolated = _isolated(loads, mean) if mean > 0 else []
+    reason = _trigger(loads, state, now, cfg, busy, mean, imb)
+    moves: tuple[Move, ...] = ()
+    if reason:
+        draft = _Draft(loads, table, state, cfg, mean)
+        moves = draft.solve(isolated)
+        for it in draft.committed:  # keys that rode in a moved slot moved with it
+            for u in [it.unit] + [("key", k) for k in it.riders]:
+                state.moved_at[u] = now
+    if not moves:
+        moves = _join_moves(loads, table, state, cfg, busy)
+        reason = "join" if moves else ""
+        state.moved_at.update(dict.fromkeys((m.unit for m in moves), now))
+    return Plan(moves, reason, tuple(k for k, _, _ in isolated), imbalance=imb)
 
 
-def _steady(
+def _trigger(
     loads: list[NodeLoad],
     state: PlannerState,
     now: float,
     cfg: PlannerConfig,
     busy: frozenset[str],
     mean: float,
-) -> bool:
-    """Whether the view has stopped filling in, or a round has waited long enough.
-
-    Reports are averages (EWMA): a hotspot that just started shows at a fraction of
-    its rate and keeps rising for seconds. A round planned on that view moves too
-    little, to the wrong places, and the next rounds chase it. An average still has
-    about its last step to go; so a rise beyond a quarter of a node's tolerance band
-    (the margin receivers are left with) within ``steady_s`` holds the round back, for
-    ``imbalance_period_s`` at most (a slow ramp must not hold it back for ever). Nodes
-    in ``busy`` are left out: their moves change their view on purpose.
-    """
+    imb: float,
+) -> str:
+    """Why load moves are planned now ("pressure" or "imbalance"), or "" if not."""
+    # Reports are averages (EWMA, tau 1.5 s): a hotspot that just started shows at a
+    # fraction of its rate, with about its last step still to come. A round planned on
+    # that view moves too little, to the wrong places; a rise within a quarter band is
+    # what receivers' margin absorbs. Busy nodes' views change on purpose.
     for n in loads:
-        before = state.seen.get(n.node, n.rate)
-        state.seen[n.node] = n.rate
-        if n.node not in busy and n.rate - before > cfg.tolerance / 4 * mean * n.capacity:
+        band = cfg.tolerance / 4 * mean * n.capacity
+        if n.node not in busy and n.rate - state.seen.get(n.node, n.rate) > band:
             state.rising_at = now
-    if now - state.rising_at >= cfg.steady_s:
+        state.seen[n.node] = n.rate
+    # While a round's moves are in flight or settling, the view of their nodes (hence
+    # the mean) is off by what has not shown yet: the next round waits for it.
+    if len(loads) < 2 or mean <= 0 or any(n.node in busy for n in loads):
+        return ""
+    # A pressured node close to the mean is fleet-wide load, not a hotspot: moving its
+    # units would only pass the pressure around (admission control handles that).
+    relief = mean * (1 + cfg.tolerance / 2)
+    pressured = any(n.pressure and n.util > relief for n in loads)
+    unbalanced = imb > 1 + cfg.tolerance and max(n.util for n in loads) > cfg.floor
+    # One round per period: the last one's arrivals still show late in the reports (and
+    # a node's pressure flag stays up until it is well below the mark).
+    if now - state.last_imbalance_round < cfg.imbalance_period_s or not (pressured or unbalanced):
         state.waiting_since = None
-        return True
-    if state.waiting_since is None:
-        state.waiting_since = now
-    if now - state.waiting_since >= cfg.imbalance_period_s:
-        state.waiting_since = None
-        return True
-    return False
+        return ""
+    if now - state.rising_at < cfg.steady_s:  # still filling in: wait, though not for ever
+        state.waiting_since = now if state.waiting_since is None else state.waiting_since
+        if now - state.waiting_since < 2 * cfg.imbalance_period_s:
+            return ""
+    state.waiting_since = None
+    state.last_imbalance_round = now
+    return "pressure" if pressured else "imbalance"
 
 
 def _isolated(loads: list[NodeLoad], mean: float) -> list[tuple[str, str, float]]:
@@ -226,154 +213,135 @@ class _Item:
     riders: tuple[str, ...] = ()  # a slot's reported keys without an override
 
 
-def _items(n: NodeLoad, table: SlotTable, cooling: set[Unit], cfg: PlannerConfig) -> list[_Item]:
+def _items(n: NodeLoad, table: SlotTable, state: PlannerState, cfg: PlannerConfig) -> list[_Item]:
     """Movable units on node ``n``, hottest first (a key before a slot of the same load).
-
-    A slot's load is what moving it takes along: its remainder plus the reported keys
-    in it that have no override of their own.
-    """
-    out: list[_Item] = []
-    residual = dict(n.slots)
+    A slot's load is what moving it takes along: its remainder and its riders."""
+    out, residual = [], dict(n.slots)
     riders: dict[int, list[tuple[str, float]]] = {}
+    owned = {s for s in n.slots if 0 <= s < table.num_slots and table.owners[s] == n.node}
     for key, slot, rate in n.hot_keys:
-        if slot in residual:
-            residual[slot] -= rate
-        rides = key not in table.overrides and 0 <= slot < table.num_slots
-        rides = rides and table.owners[slot] == n.node
-        if rides:
-            riders.setdefault(slot, []).append((key, rate))
-        if rate >= cfg.min_unit_rate and ("key", key) not in cooling:
+        residual[slot] = residual.get(slot, 0.0) - rate
+        rides = slot in owned and key not in table.overrides
+        riders.setdefault(slot, []).extend([(key, rate)] if rides else [])
+        if rate >= cfg.min_unit_rate and ("key", key) not in state.moved_at:
             out.append(_Item(("key", key), rate, slot if rides else -1))
-    for slot, rate in residual.items():
+    for slot in owned - {int(u[1]) for u in state.moved_at if u[0] == "slot"}:
         ks = riders.get(slot, [])
-        load = rate + sum(r for _, r in ks)
-        if (
-            load >= cfg.min_unit_rate
-            and 0 <= slot < table.num_slots
-            and table.owners[slot] == n.node
-            and ("slot", slot) not in cooling
-        ):
+        load = residual[slot] + sum(r for _, r in ks)
+        if load >= cfg.min_unit_rate:
             out.append(_Item(("slot", slot), load, riders=tuple(k for k, _ in ks)))
-    out.sort(key=lambda it: (-it.load, it.unit[0] == "slot"))
-    return out
+    return sorted(out, key=lambda it: (-it.load, it.unit[0] == "slot"))
 
 
 _EPS = 1e-9
 
 
 class _Draft:
-    """One round's target assignment, built move by move on planned loads.
+    """One round's moves, built on planned loads.
 
-    A node that receives a unit stays under its line, mean·(1 + tolerance) of its
-    capacity, so under steady load no unit has a reason to move again; busy nodes
-    and nodes given to an isolated key receive nothing.
+    Every node over its line sheds down to it, nodes whose excess needs a unit bigger
+    than it first and the biggest such unit first (they need the few big gaps, as in
+    LPT bin packing). A node sheds with the least moved load: one unit that does it,
+    else its units hottest first, each no more than what is still to go, else the
+    smallest bigger unit (both ways tried on trial drafts). A unit goes to the node
+    where it ends least utilized, filled to a quarter band under its line (what just
+    arrived shows late in reports, and a receiver perched on its line would be the
+    next source), or to a node that first moves some of its own units on, for no more
+    than the unit itself. Units of a node given to an isolated key move off last.
+    Where that leaves load over a line, an LPT repacking of every movable unit (each
+    stays where it still fits) is the fallback, kept if it ends lower.
     """
 
-    def __init__(
-        self,
-        loads: list[NodeLoad],
-        items: dict[str, list[_Item]],
-        cfg: PlannerConfig,
-        busy: frozenset[str],
-        mean: float,
-        tight: bool,
-        margin: bool,
-    ) -> None:
-        self.cfg = cfg
-        self.mean = mean
-        self.tight = tight  # place on the fullest node a unit fits (else the least utilized)
+    def __init__(self, loads: list[NodeLoad], table: SlotTable, state: PlannerState,
+                 cfg: PlannerConfig, mean: float) -> None:  # fmt: skip
+        self.cfg, self.mean = cfg, mean
         self.cap = {n.node: n.capacity for n in loads}
         self.load = {n.node: n.rate for n in loads}
-        self.line = {n.node: mean * (1 + cfg.tolerance) * n.capacity for n in loads}
-        # Receivers are filled to a quarter band under the line: what just arrived shows
-        # late in reports, and a receiver perched on its line would be the next source.
-        self.below = cfg.tolerance / 4 * mean if margin else 0.0
-        self.fill = {n.node: self.line[n.node] - self.below * n.capacity for n in loads}
-        self.margin = margin
-        self.items = items  # movable units per node, shared by the drafts of a round
-        self.busy = busy
-        self.closed: set[str] = set(busy)  # not a destination this round
+        self.line = {n: mean * (1 + cfg.tolerance) * c for n, c in self.cap.items()}
+        self.fill = {n: self.line[n] - cfg.tolerance / 4 * mean * c for n, c in self.cap.items()}
+        self.items = {n.node: _items(n, table, state, cfg) for n in loads}
+        self.closed: set[str] = set()  # given to an isolated key: receives nothing
         self.moves: list[Move] = []
         self.committed: list[_Item] = []
         self.taken: set[Unit] = set()
         self.carved: dict[Unit, float] = {}  # load a slot lost to its keys moved alone
         self.budget = cfg.max_moved_share * sum(self.load.values())
-        self.forks = [64]  # trial drafts left for this round, shared with its forks
-        self.fixed = {n: self.load[n] - self._movable(n) for n in self.load}  # stays put
+        self.floor = 0.0  # the utilization isolated keys set, alone on their nodes
+        self.fixed = {n: self.load[n] - self.movable(n) for n in self.load}  # stays put
 
     def fork(self) -> _Draft:
-        self.forks[0] -= 1
         d = copy.copy(self)
         d.load, d.closed, d.moves = dict(self.load), set(self.closed), list(self.moves)
         d.committed, d.taken, d.carved = list(self.committed), set(self.taken), dict(self.carved)
         return d
 
     def adopt(self, d: _Draft) -> None:
-        self.load, self.closed, self.moves, self.budget = d.load, d.closed, d.moves, d.budget
-        self.committed, self.taken, self.carved = d.committed, d.taken, d.carved
+        vars(self).update(vars(d))
 
     def eff(self, it: _Item) -> float:
-        """What moving ``it`` now takes along (0 once it, or the slot it rides in, has moved)."""
+        """What moving ``it`` now takes along (0 once it, or the slot it rides in, moved)."""
         if it.unit in self.taken or ("slot", it.slot) in self.taken:
             return 0.0
         return it.load - self.carved.get(it.unit, 0.0)
 
-    def _movable(self, n: str) -> float:
-        return sum(self.eff(it) for it in self.items.get(n, ()) if it.slot < 0)
-
     def live(self, n: str) -> list[tuple[_Item, float]]:
-        return [(it, e) for it in self.items.get(n, ()) if (e := self.eff(it)) > _EPS]
+        return [(it, e) for it in self.items[n] if (e := self.eff(it)) > _EPS]
 
-    # ---------------------------------------------------------------- the round
+    def movable(self, n: str, key: str | None = None) -> float:
+        """What could move off ``n``; with ``key``, only the unit that carries that key."""
+        return sum(
+            e for it, e in self.live(n) if it.slot < 0 and (key is None or _carries(it, key))
+        )
 
-    def solve(self, isolated: list[tuple[str, str, float]]) -> tuple[float, float, int]:
-        """Build the round; returns its cost: load left over lines, moved load, moves."""
-        # Big units first, as in bin packing: they need the few big gaps, which small
-        # units would otherwise fill. Emptying the isolated keys' nodes comes last.
+    def over(self, n: str) -> bool:
+        """Above its line by more than the reports' precision (1 % of the mean): moving
+        load for less is churn chasing the averages' last digits."""
+        return self.load[n] > self.line[n] + 0.01 * self.mean * self.cap[n]
+
+    def solve(self, isolated: list[tuple[str, str, float]]) -> tuple[Move, ...]:
+        # The level isolated keys set together: hottest on the biggest node, and so on.
+        big = sorted(self.cap, key=lambda n: -self.cap[n])
+        pairs = zip(isolated, big, strict=False)
+        self.floor = max(((self.fixed[n] + r) / self.cap[n] for (_, _, r), n in pairs), default=0)
         homes = [h for key, node, rate in isolated if (h := self.isolate(key, node, rate))]
-        self.pack(homes)
-        # An isolated key above the line sets the fleet's max anyway: where the line
-        # cannot be met, other nodes may go up to that level, not beyond.
-        level = max((self.load[h] / self.cap[h] for h, _ in homes), default=0.0)
-        if level > self.mean * (1 + self.cfg.tolerance):
-            for n, c in self.cap.items():
-                self.line[n] = max(self.line[n], level * c)
-                self.fill[n] = max(self.fill[n], (level - self.below) * c)
-            self.pack(homes)
-        left = sum(max(0.0, self.load[n] - self.line[n]) for n in self.load if n not in self.closed)
-        moved = sum(m.load for m in self.moves)
-        return left, moved / 1.1 if self.margin else moved, len(self.moves)
-
-    def pack(self, homes: list[tuple[str, str]]) -> None:
-        over = [n for n in self.load if n not in self.closed and self.load[n] > self.line[n]]
-        for n in sorted(over, key=self._urgency):
-            self.shed(n, self.line[n], depth=2)
+        base = self.fork()
+        over = [n for n in self.load if n not in self.closed and self.over(n)]
+        for n in sorted(over, key=self.urgency):
+            self.shed(n, self.line[n], 1, 0.01 * self.mean * self.cap[n])
         for home, key in homes:
             for it, _ in self.live(home):
-                if not self._carries(it, key):
-                    self.place(it, home, depth=1)
+                if not _carries(it, key):
+                    self.place(it, home, 0)
+        if self.left(homes) > _EPS:
+            base.repack(homes)
+            # Worth its churn if it meets the lines where packing did not, or if it ends
+            # lower by more than a quarter band (5 %).
+            meets = base.left(homes) <= _EPS
+            if meets or base.reached() * (1 + self.cfg.tolerance / 4) < self.reached():
+                self.adopt(base)
+        return tuple(self.moves)
 
-    def _urgency(self, n: str) -> tuple[bool, float]:
-        """Nodes whose small units cannot cover their excess (a big unit has to go) first."""
-        need = self.load[n] - self.line[n]
-        small = self._sum_upto(n, need)
-        return small >= need, -self.load[n] / self.cap[n]
+    def urgency(self, n: str) -> tuple[bool, float, float]:
+        need, live = self.load[n] - self.line[n], self.live(n)
+        small = self.small(live, need)
+        bigger = min((e for _, e in live if e > need), default=0.0)
+        return small >= need, 0.0 if small >= need else -bigger, -self.load[n] / self.cap[n]
 
-    def _sum_upto(self, n: str, need: float) -> float:
-        """What the units of at most ``need`` add up to, each key counted once."""
-        live = self.live(n)
-        big_slots = {it.unit[1] for it, e in live if it.unit[0] == "slot" and e > need}
-        return sum(e for it, e in live if e <= need and (it.slot < 0 or it.slot in big_slots))
+    def left(self, homes: list[tuple[str, str]]) -> float:
+        """Load still over a line, or beside an isolated key."""
+        over = sum(
+            self.load[n] - self.line[n] for n in self.load if n not in self.closed and self.over(n)
+        )
+        return over + sum(self.movable(h) - self.movable(h, key) for h, key in homes)
+
+    def reached(self) -> float:
+        """max/mean utilization."""
+        return max(self.load[n] / self.cap[n] for n in self.load) / self.mean
 
     def isolate(self, key: str, node: str, rate: float) -> tuple[str, str] | None:
-        """Give ``key`` a node of its own: the one where it ends least hot, or any that keeps
-        it under its line, the cheapest to empty; the key moves there now, the node is
-        emptied once bigger units have found room. Returns (home, key)."""
-        if node in self.busy:
-            self.closed.add(node)
-            return None
+        """Give ``key`` a node of its own; the key moves there now. Returns (home, key)."""
         item = next((it for it in self.items[node] if it.unit == ("key", key)), None)
-        home = self._home(key, node, rate) if item is not None else node
+        home = self.home(key, node, rate) if item is not None else node
         if home is None or (home == node and node in self.closed):
             return None
         if home != node:
@@ -381,117 +349,127 @@ class _Draft:
                 return None
             self.commit(item, node, home)
         self.closed.add(home)
+        self.floor = max(self.floor, (self.fixed[home] + rate) / self.cap[home])
         return home, key
 
-    def _home(self, key: str, node: str, rate: float) -> str | None:
+    def home(self, key: str, node: str, rate: float) -> str | None:
+        """Where it ends least hot, or anywhere under the line or the level isolated keys
+        set anyway; it moves (all its sessions) only to win more than an eighth of the
+        band (2.5 %), and among the candidates goes where the least load has to move."""
         free = [n for n in self.load if n not in self.closed]
-        if not free:
-            return None
-        kept = sum(e for it, e in self.live(node) if it.slot < 0 and self._carries(it, key))
+        kept = self.movable(node, key)
 
         def alone(n: str) -> float:  # the node's utilization once only the key is left on it
             return (self.fixed[n] + (kept if n == node else rate)) / self.cap[n]
 
-        level = max(min(alone(n) for n in free), self.mean * (1 + self.cfg.tolerance))
+        def cost(n: str) -> float:  # the rest off its node, or the key and all of a node
+            return self.movable(node) - kept if n == node else rate + self.movable(n)
 
-        def cost(n: str) -> float:  # load to move: the rest off its node, or the key + a node
-            return self._movable(node) - kept if n == node else rate + self._movable(n)
-
+        best = max(min((alone(n) for n in free), default=0.0), self.floor)
+        level = max(best * (1 + self.cfg.tolerance / 8), self.mean * (1 + self.cfg.tolerance))
         fits = [n for n in free if alone(n) <= level + _EPS]
-        return min(fits, key=lambda n: (cost(n), alone(n)))
+        return min(fits, key=lambda n: (cost(n), alone(n)), default=None)
 
-    @staticmethod
-    def _carries(it: _Item, key: str) -> bool:
-        return it.unit == ("key", key) or key in it.riders
-
-    def shed(self, src: str, target: float, depth: int) -> bool:
-        """Move units off ``src`` until it is down to ``target``, with the least moved load:
-        small units only, or the smallest bigger unit that can go (then small ones)."""
-        if self.load[src] - target <= _EPS:
+    def shed(self, src: str, target: float, depth: int, slack: float = 0.0) -> bool:
+        """Move units off ``src`` down to ``target`` (``slack`` short of it will do): small
+        units only, or the smallest bigger unit (a few by a chain) then small ones. Both
+        are tried; kept: done with the least moved load, or else the lowest."""
+        need = self.load[src] - target
+        if need <= _EPS:
             return True
-        if self.forks[0] <= 0:
-            return self.shed_small(src, target, 0)
-        base = len(self.moves)
-        tries = []
-        for small_only in (True, False):
+        # Never more than twice what has to go, in whole units: the excess, or the
+        # smallest unit that covers it when the smaller ones cannot add up to it.
+        live = self.live(src)
+        bigger = [e for _, e in live if e > need]
+        whole = need if self.small(live, need) >= need or not bigger else min(bigger)
+        base, tries = len(self.moves), []
+        for small in (True, False):
             d = self.fork()
-            ok = d.shed_small(src, target, depth) if small_only else d.shed_big(src, target, depth)
+            big = [it for it, e in reversed(live) if e > need]
+            placed = small or any(
+                d.place(it, src, depth if i < 3 else 0) for i, it in enumerate(big)
+            )
+            ok = placed and d.shed_small(src, target, depth, slack)
             moved = sum(m.load for m in d.moves[base:])
-            tries.append((not ok, moved if ok else d.load[src], len(d.moves), d))
-        # Done with the least moved load, or else as far down as it gets.
+            if moved <= 2 * whole + _EPS:
+                tries.append((not ok, moved if ok else d.load[src], len(d.moves), d))
+        if not tries:
+            return False
         best = min(tries, key=lambda t: t[:3])
         self.adopt(best[3])
         return not best[0]
 
-    def shed_small(self, src: str, target: float, depth: int) -> bool:
+    @staticmethod
+    def small(live: list[tuple[_Item, float]], need: float) -> float:
+        """What the units of at most ``need`` add up to (a key and its slot counted once)."""
+        big_slots = {it.unit[1] for it, e in live if it.unit[0] == "slot" and e > need}
+        return sum(e for it, e in live if e <= need and (it.slot < 0 or it.slot in big_slots))
+
+    def shed_small(self, src: str, target: float, depth: int, slack: float) -> bool:
+        band = self.cfg.tolerance * self.mean * self.cap[src]
         while (need := self.load[src] - target) > _EPS:
             live = self.live(src)
-            # One unit that leaves the source between the mean and its line: one move.
-            band = self.cfg.tolerance * self.mean * self.cap[src]
-            one = [(it, e) for it, e in reversed(live) if need <= e <= need + band]
-            moved = next((e for it, e in one if self.place(it, src, 0)), 0.0)
+            bigger = [(it, e) for it, e in reversed(live) if need <= e <= need + band]
+            # One unit that does it with no more than twice the excess moved: one move.
+            moved = next((e for it, e in bigger if e <= 2 * need and self.place(it, src, 0)), 0.0)
+            for it, _ in live if moved <= 0 else []:  # hottest first, none over what is left
+                e = self.eff(it)
+                if 0 < e <= need - moved + _EPS:
+                    if self.place(it, src, depth):
+                        moved += e
+                    depth = 0  # a chain for the biggest only; the smaller take what is left
+            if moved <= 0:  # less is left than any unit: the smallest that covers it
+                moved = next((e for it, e in bigger if self.place(it, src, 0)), 0.0)
             if moved <= 0:
-                moved = self.greedy(src, [(it, e) for it, e in live if e <= need], need, depth)
-            if moved <= 0:
-                return False
-        return True
-
-    def shed_big(self, src: str, target: float, depth: int) -> bool:
-        need = self.load[src] - target
-        big = [it for it, e in reversed(self.live(src)) if e > need]
-        # The smallest few by a chain; a bigger one that fits as it is, in any case.
-        if not any(self.place(it, src, depth if i < 3 else 0) for i, it in enumerate(big)):
-            return False
-        return self.shed_small(src, target, depth)
-
-    def greedy(self, src: str, small: list[tuple[_Item, float]], need: float, depth: int) -> float:
-        """Hottest first, each unit no more than what is still to go: few moves, no overshoot."""
-        moved = 0.0
-        for it, _ in small:
-            e = self.eff(it)
-            if 0 < e <= need - moved + _EPS:
-                if self.place(it, src, depth):
-                    moved += e
-                    if need - moved <= _EPS:
-                        break
-                else:
-                    depth = 0  # no room even by a chain: the smaller units take what is left
-        return moved
+                break
+        return self.load[src] - target <= slack
 
     def place(self, it: _Item, src: str, depth: int) -> bool:
-        """Move ``it`` to the node where it ends least utilized under its line; with ``depth``,
-        to a node that makes room for it by moving some of its own units on first."""
+        """To the node where ``it`` ends least utilized, under its fill; with ``depth``, to
+        one that first moves some of its own units on, for no more load than ``it``."""
         e = self.eff(it)
         if e <= 0 or not self.can_move(e):
             return False
         self.load[src] -= e  # gone while we look, so a chain of moves may end on src
-        fit = [n for n in self.load if n not in self.closed and n != src]
-        fit = [n for n in fit if self.load[n] + e <= self.fill[n] + _EPS]
-        if self.tight:
-            dst = min(fit, key=lambda n: self.fill[n] - self.load[n], default=None)
-        else:
-            dst = min(fit, key=lambda n: (self.load[n] + e) / self.cap[n], default=None)
-        if dst is None and depth > 0:
-            dst = self.make_room(src, e, depth)
-        self.load[src] += e
-        if dst is None:
-            return False
-        self.commit(it, src, dst)
-        return True
-
-    def make_room(self, src: str, e: float, depth: int) -> str | None:
-        room = {n: self.fill[n] - self.load[n] for n in self.load if n not in self.closed}
-        room.pop(src, None)
-        for n in sorted(room, key=lambda n: -room[n])[:3]:
-            if self.fill[n] - self.fixed[n] < e or self.forks[0] <= 0:
-                continue  # even emptied it could not take it
+        free = [n for n in self.load if n not in self.closed and n != src]
+        fit = [n for n in free if self.load[n] + e <= self.fill[n] + _EPS]
+        dst = min(fit, key=lambda n: (self.load[n] + e) / self.cap[n], default=None)
+        room = [n for n in free if self.fill[n] - self.fixed[n] >= e] if depth else []
+        for n in sorted(room, key=lambda n: self.load[n] - self.fill[n])[:3] if not dst else []:
             trial = self.fork()
             trial.closed.add(n)  # nothing moved off n comes back to it
-            if trial.shed(n, self.fill[n] - e, depth - 1) and trial.can_move(e):
+            done = trial.shed(n, self.fill[n] - e, depth - 1) and trial.can_move(e)
+            if done and sum(m.load for m in trial.moves[len(self.moves) :]) <= e:
                 trial.closed.discard(n)
                 self.adopt(trial)
-                return n
-        return None
+                dst = n
+                break
+        self.load[src] += e
+        if dst is not None:
+            self.commit(it, src, dst)
+        return dst is not None
+
+    def repack(self, homes: list[tuple[str, str]]) -> None:
+        """LPT over every movable unit, hottest first: each stays where it is if it still
+        fits under that node's line, else goes where it ends least utilized."""
+        own, planned, units = dict(homes), dict(self.fixed), []
+        for n in self.load:
+            for it, e in self.live(n):
+                if it.slot < 0 and n in own and _carries(it, own[n]):
+                    planned[n] += e  # the isolated key stays on its node
+                elif it.slot < 0:
+                    units.append((e, n, it))
+        for e, home, it in sorted(units, key=lambda u: -u[0]):
+            dst = home
+            if home in own or planned[home] + e > self.line[home] + _EPS:
+                others = [n for n in self.load if n not in own and n != home]
+                roomy = [n for n in others if planned[n] + e <= self.fill[n] + _EPS]
+                dst = min(roomy or others or [home], key=lambda n: (planned[n] + e) / self.cap[n])
+            if dst != home and self.can_move(e):
+                self.commit(it, home, dst)
+            else:
+                dst = home
+            planned[dst] += e
 
     def can_move(self, e: float) -> bool:
         return len(self.moves) < self.cfg.max_moves and e <= self.budget + _EPS
@@ -501,48 +479,46 @@ class _Draft:
         self.moves.append(Move(it.unit, src, dst, e))
         self.committed.append(it)
         self.taken.add(it.unit)
-        if it.slot >= 0:
-            u: Unit = ("slot", it.slot)
-            self.carved[u] = self.carved.get(u, 0.0) + e
+        if it.slot >= 0:  # a key moved alone leaves its slot lighter
+            self.carved[("slot", it.slot)] = self.carved.get(("slot", it.slot), 0.0) + e
         self.load[src] -= e
         self.load[dst] += e
         self.budget -= e
 
 
+def _carries(it: _Item, key: str) -> bool:
+    return it.unit == ("key", key) or key in it.riders
+
+
 def _join_moves(
-    loads: list[NodeLoad], table: SlotTable, cfg: PlannerConfig, busy: frozenset[str]
+    loads: list[NodeLoad],
+    table: SlotTable,
+    state: PlannerState,
+    cfg: PlannerConfig,
+    busy: frozenset[str],
 ) -> tuple[Move, ...]:
     """Hand load-free slots to nodes holding well under their share of slots."""
-    nodes = [n.node for n in loads]
-    if len(nodes) < 2:
+    by_node = {n.node: n for n in loads}
+    held = Counter(table.owners)
+    counts = {n: held[n] for n in by_node}
+    share = table.num_slots / len(counts)
+    hungry = [n for n in counts if counts[n] < share * 0.8 and n not in busy]
+    donors = {n for n in counts if n not in busy and n not in hungry and counts[n] > int(share)}
+    if len(counts) < 2 or not hungry or not donors:
         return ()
-    counts = {n: 0 for n in nodes}
-    for owner in table.owners:
-        if owner in counts:
-            counts[owner] += 1
-    share = table.num_slots / len(nodes)
-    hungry = [n for n in nodes if counts[n] < share * 0.8 and n not in busy]
-    if not hungry:
-        return ()
-    hot_slots = {s for n in loads for s, r in n.slots.items() if r > 0}
-    cold: dict[str, list[int]] = {}
+    cold: dict[str, list[int]] = {n: [] for n in donors}
     for slot, owner in enumerate(table.owners):
-        if owner in counts and slot not in hot_slots:
-            cold.setdefault(owner, []).append(slot)
+        if owner in donors and slot not in by_node[owner].slots:  # its owner sees no load
+            cold[owner].append(slot)
     moves: list[Move] = []
     for dst in hungry:
         want = min(int(share) - counts[dst], cfg.join_batch - len(moves))
-        donors = sorted(
-            (n for n in nodes if n != dst and n not in busy and n not in hungry),
-            key=lambda n: -counts[n],
-        )
-        for src in donors:
-            spare = counts[src] - int(share)
-            free = cold.get(src, [])
-            while spare > 0 and want > 0 and free:
-                moves.append(Move(("slot", free.pop(0)), src, dst, 0.0))
-                counts[src] -= 1
-                counts[dst] += 1
-                spare -= 1
-                want -= 1
+        for src in sorted(donors, key=lambda n: -counts[n]):
+            free = [s for s in cold[src] if ("slot", s) not in state.moved_at]
+            take = free[: max(0, min(want, counts[src] - int(share)))]
+            cold[src] = [s for s in cold[src] if s not in set(take)]
+            moves += [Move(("slot", slot), src, dst, 0.0) for slot in take]
+            counts[src] -= len(take)
+            counts[dst] += len(take)
+            want -= len(take)
     return tuple(moves)
