@@ -49,7 +49,11 @@ class Fleet:
     settle_s: float = 1.5
     top_n: int = 16
     # state
-    held: dict[str, set[Item]] = field(init=False)
+    held: dict[str, set[Item]] = field(init=False)  # what each node owns now
+    # An item whose rate is constant and has been on its node for ever averages to its
+    # rate: it is kept in per-node sums; the others (arrived, starting) are averaged.
+    static: dict[str, set[Item]] = field(init=False)
+    static_slots: dict[str, dict[int, float]] = field(init=False)
     ewma: dict[str, dict[Item, float]] = field(init=False)
     since: dict[Item, float] = field(init=False)
     reports: dict[str, NodeLoad] = field(init=False)
@@ -62,6 +66,7 @@ class Fleet:
     moved: list[tuple[float, Move]] = field(init=False)
     true_moved: float = field(init=False, default=0.0)  # the true rates of what moved
     after: dict[float, float] = field(init=False)  # commit time → true max/mean after it
+    isolated: tuple[str, ...] = ()  # as the last plan reported them
     epoch: int = 1000
 
     def __post_init__(self) -> None:
@@ -69,14 +74,14 @@ class Fleet:
         for k in self.keys:
             self.held[self.owner(k)].add(k)
         for s in self.tails:
-            owner = self.table.owners[s]
-            assert owner is not None
-            self.held[owner].add(s)
-        # Warm start: every load already present is fully in the averages.
-        self.ewma = {
-            n: {i: self.true_rate(i, -1.0) for i in items if self.true_rate(i, -1.0) > 0}
-            for n, items in self.held.items()
-        }
+            self.held[self.owner(s)].add(s)
+        self.static = {n: {i for i in h if i not in self.onset} for n, h in self.held.items()}
+        self.static_slots = {n: {} for n in self.caps}
+        for n, items in self.static.items():
+            for i in items:
+                s = self.slot(i)
+                self.static_slots[n][s] = self.static_slots[n].get(s, 0.0) + self.true_rate(i, 0)
+        self.ewma = {n: {} for n in self.caps}
         self.since = {}
         self.pressure = dict.fromkeys(self.caps, False)
         self.last_report = {n: -1.0 + p / TICKS_PER_S for n, p in self.phase.items()}
@@ -86,13 +91,13 @@ class Fleet:
 
     # ---------------------------------------------------------------- ground truth
 
+    def slot(self, item: Item) -> int:
+        return self.keys[item][0] if isinstance(item, str) else item
+
     def owner(self, item: Item) -> str:
-        if isinstance(item, str):
-            ov = self.table.overrides.get(item)
-            if ov is not None:
-                return ov[0]
-            item = self.keys[item][0]
-        owner = self.table.owners[item]
+        if isinstance(item, str) and item in self.table.overrides:
+            return self.table.overrides[item][0]
+        owner = self.table.owners[self.slot(item)]
         assert owner is not None
         return owner
 
@@ -112,14 +117,15 @@ class Fleet:
     # ---------------------------------------------------------------- what nodes report
 
     def _report(self, n: str) -> NodeLoad:
-        avg = self.ewma[n]
-        slots: dict[int, float] = {}
-        for i, r in avg.items():
-            s = self.keys[i][0] if isinstance(i, str) else i
-            slots[s] = slots.get(s, 0.0) + r
-        named = sorted(((k, r) for k, r in avg.items() if isinstance(k, str)), key=lambda x: -x[1])
+        slots = dict(self.static_slots[n])
+        named = [(k, self.true_rate(k, 0)) for k in self.static[n] if isinstance(k, str)]
+        for i, r in self.ewma[n].items():
+            slots[self.slot(i)] = slots.get(self.slot(i), 0.0) + r
+            if isinstance(i, str):
+                named.append((i, r))
+        named.sort(key=lambda x: -x[1])
         hot = tuple((k, self.keys[k][0], r) for k, r in named[: self.top_n])
-        rate = sum(avg.values())
+        rate = sum(slots.values())
         score = rate / self.caps[n]
         if self.pressure[n] and score < 0.70:
             self.pressure[n] = False
@@ -128,12 +134,12 @@ class Fleet:
         return NodeLoad(n, self.caps[n], rate, self.pressure[n], slots, hot)
 
     def report(self, n: str, t: float) -> None:
-        """``LoadMeter.report``: EWMA of each held item's count over the last interval."""
+        """``LoadMeter.report``: EWMA of each item's count over the last interval."""
         last = self.last_report[n]
         dt = t - last
         alpha = 1.0 - math.exp(-dt / self.tau_s)
         avg = self.ewma[n]
-        for i in self.held[n]:
+        for i in self.held[n] - self.static[n]:
             start = max(last, self.since.get(i, -math.inf))
             if isinstance(i, str):
                 start = max(start, self.onset.get(i, -math.inf))
@@ -176,6 +182,12 @@ class Fleet:
             for i in items:
                 src = next(n for n, h in self.held.items() if i in h)
                 self.held[src].discard(i)
+                if i in self.static[src]:
+                    self.static[src].discard(i)
+                    sums = self.static_slots[src]
+                    sums[self.slot(i)] -= self.true_rate(i, t)
+                    if sums[self.slot(i)] < 1e-9:
+                        del sums[self.slot(i)]
                 self.ewma[src].pop(i, None)  # the source forgets a key that left
                 self.held[m.dst].add(i)
                 self.since[i] = t
@@ -209,6 +221,7 @@ class Fleet:
         busy = {n for _, nodes, _ in self.in_flight for n in nodes}
         busy |= {n for n, until in self.settle_until.items() if until > t + 1e-9}
         p: Plan = plan(self.view(t), self.table, state, t, cfg, frozenset(busy))
+        self.isolated = p.isolated
         if not p.moves:
             return
         if p.reason in ("pressure", "imbalance"):
