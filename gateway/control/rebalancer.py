@@ -260,6 +260,7 @@ class _Draft:
         self.line = {n: mean * (1 + cfg.tolerance) * c for n, c in self.cap.items()}
         self.fill = {n: self.line[n] - cfg.tolerance / 4 * mean * c for n, c in self.cap.items()}
         self.items = {n.node: _items(n, table, state, cfg) for n in loads}
+        self.rate = {k: r for n in loads for k, _, r in n.hot_keys}
         self.closed: set[str] = set()  # given to an isolated key: receives nothing
         self.moves: list[Move] = []
         self.committed: list[_Item] = []
@@ -311,7 +312,7 @@ class _Draft:
         for home, key in homes:
             for it, _ in self.live(home):
                 if not _carries(it, key):
-                    self.place(it, home, 0)
+                    self.place(it, home, 1)
         if self.left(homes) > _EPS:
             base.repack(homes)
             # Worth its churn if it meets the lines where packing did not, or if it ends
@@ -332,7 +333,7 @@ class _Draft:
         over = sum(
             self.load[n] - self.line[n] for n in self.load if n not in self.closed and self.over(n)
         )
-        return over + sum(self.movable(h) - self.movable(h, key) for h, key in homes)
+        return over + sum(self.load[h] - self.fixed[h] - self.rate[key] for h, key in homes)
 
     def reached(self) -> float:
         """max/mean utilization."""
