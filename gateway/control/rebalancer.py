@@ -314,11 +314,16 @@ class _Draft:
                 if not _carries(it, key):
                     self.place(it, home, 1)
         if self.left(homes) > _EPS:
+            moved = sum(m.load for m in self.moves)
+            rest = [self.load[n] - self.line[n] for n in self.load if n not in self.closed]
+            need = sum(self.whole(n, r) for n, r in zip(self.load, rest, strict=False) if r > 0)
             base.repack(homes)
-            # Worth its churn if it meets the lines where packing did not, or if it ends
-            # lower by more than a quarter band (5 %).
-            meets = base.left(homes) <= _EPS
-            if meets or base.reached() * (1 + self.cfg.tolerance / 4) < self.reached():
+            # Worth its churn if it meets the lines where packing did not, for no more than
+            # twice what still had to go; or if it ends over a quarter band (5 %) lower.
+            line = 1 + self.cfg.tolerance
+            cheap = sum(m.load for m in base.moves) <= moved + 2 * need
+            lower = max(base.reached(), line) * (1 + self.cfg.tolerance / 4)
+            if (base.left(homes) <= _EPS and cheap) or lower < max(self.reached(), line):
                 self.adopt(base)
         return tuple(self.moves)
 
@@ -378,11 +383,7 @@ class _Draft:
         need = self.load[src] - target
         if need <= _EPS:
             return True
-        # Never more than twice what has to go, in whole units: the excess, or the
-        # smallest unit that covers it when the smaller ones cannot add up to it.
-        live = self.live(src)
-        bigger = [e for _, e in live if e > need]
-        whole = need if self.small(live, need) >= need or not bigger else min(bigger)
+        live, whole = self.live(src), self.whole(src, need)
         base, tries = len(self.moves), []
         for small in (True, False):
             d = self.fork()
@@ -399,6 +400,13 @@ class _Draft:
         best = min(tries, key=lambda t: t[:3])
         self.adopt(best[3])
         return not best[0]
+
+    def whole(self, n: str, need: float) -> float:
+        """What has to go off ``n`` in whole units: ``need``, or the smallest unit that
+        covers it when the smaller ones cannot add up to it. No shed moves over twice it."""
+        live = self.live(n)
+        bigger = [e for _, e in live if e > need]
+        return need if self.small(live, need) >= need or not bigger else min(bigger)
 
     @staticmethod
     def small(live: list[tuple[_Item, float]], need: float) -> float:
@@ -453,7 +461,8 @@ class _Draft:
     def repack(self, homes: list[tuple[str, str]]) -> None:
         """LPT over every movable unit, hottest first: each stays where it is if it still
         fits under that node's line, else goes where it ends least utilized."""
-        own, planned, units = dict(homes), dict(self.fixed), []
+        own, units = dict(homes), []
+        planned = {n: self.load[n] - self.movable(n) for n in self.load}  # keys moved in stay
         for n in self.load:
             for it, e in self.live(n):
                 if it.slot < 0 and n in own and _carries(it, own[n]):

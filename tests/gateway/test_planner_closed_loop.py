@@ -230,7 +230,7 @@ def check_hotspot(shape: Shape) -> Fleet:
     minimum = ref.minimum_moved(goal)
     start = fleet.true_imbalance(1e9)
     fleet.run(CFG, HORIZON_S)
-    rounds = fleet.rounds
+    rounds = [r for r in fleet.rounds if r.at + fleet.move_delay_s <= HORIZON_S]  # committed
     # (1) converged within three rounds, and stays so
     k = min(3, len(rounds))
     reached = fleet.after[round(rounds[k - 1].at + fleet.move_delay_s, 1)] if k else start
