@@ -75,11 +75,12 @@ class PlannerState:
     """What the planner remembers between rounds (owned by the caller)."""
 
     moved_at: dict[Unit, float] = field(default_factory=dict)
-    last_imbalance_round: float = float("-inf")  # the last round, whatever its reason
+    last_imbalance_round: float = float("-inf")
     shedding: bool = False
     seen: dict[str, float] = field(default_factory=dict)  # node → rate at the last call
     rising_at: float = float("-inf")  # when a node's rate last rose beyond a quarter band
     waiting_since: float | None = None  # a round held back since, while reports rose
+    idle_at: float = float("-inf")  # the last round that found nothing to move
 
 
 @dataclass(frozen=True, slots=True)
@@ -140,6 +141,7 @@ def plan(
         for it in draft.committed:  # keys that rode in a moved slot moved with it
             for u in [it.unit] + [("key", k) for k in it.riders]:
                 state.moved_at[u] = now
+        state.idle_at = state.idle_at if moves else now
     if not moves:
         moves = _join_moves(loads, table, state, cfg, busy)
         reason = "join" if moves else ""
@@ -162,7 +164,9 @@ def _trigger(
     # that view moves too little, to the wrong places; a rise within a quarter band is
     # what receivers' margin absorbs. Busy nodes' views change on purpose.
     for n in loads:
-        band = cfg.tolerance / 4 * mean * n.capacity
+        # A quarter band, above what the counts' own noise moves an average (about
+        # the square root of a second's count: Poisson).
+        band = cfg.tolerance / 4 * mean * n.capacity + n.rate**0.5
         if n.node not in busy and n.rate - state.seen.get(n.node, n.rate) > band:
             state.rising_at = now
         state.seen[n.node] = n.rate
@@ -175,9 +179,11 @@ def _trigger(
     relief = mean * (1 + cfg.tolerance / 2)
     pressured = any(n.pressure and n.util > relief for n in loads)
     unbalanced = imb > 1 + cfg.tolerance and max(n.util for n in loads) > cfg.floor
-    # One round per period: the last one's arrivals still show late in the reports (and
-    # a node's pressure flag stays up until it is well below the mark).
-    if now - state.last_imbalance_round < cfg.imbalance_period_s or not (pressured or unbalanced):
+    # Imbalance is acted on once per period; pressure at once, unless the last round
+    # found nothing to move (then it waits a period too).
+    pressured = pressured and now - state.idle_at >= cfg.imbalance_period_s
+    unbalanced = unbalanced and now - state.last_imbalance_round >= cfg.imbalance_period_s
+    if not (pressured or unbalanced):
         state.waiting_since = None
         return ""
     if now - state.rising_at < cfg.steady_s:  # still filling in: wait, though not for ever
@@ -185,7 +191,8 @@ def _trigger(
         if now - state.waiting_since < 2 * cfg.imbalance_period_s:
             return ""
     state.waiting_since = None
-    state.last_imbalance_round = now
+    if unbalanced:
+        state.last_imbalance_round = now
     return "pressure" if pressured else "imbalance"
 
 
