@@ -192,3 +192,48 @@ def test_fleet_wide_pressure_is_not_passed_around():
         loads.append(NodeLoad(n, 1000.0, rate, rate > 850, slots, hot))
     p = plan(loads, t, PlannerState(), 0.0, PlannerConfig())
     assert p.moves == ()
+
+
+def test_isolated_key_ends_alone_on_its_node():
+    t = table()
+    rates = {k: 10.0 for n in NODES for k in keys_on(t, n, 20, f"{n}-")}
+    (monster,) = keys_on(t, "n1", 1, "monster")
+    rates[monster] = 900.0
+    loads = loads_from(rates, t)
+    p = plan(loads, t, PlannerState(), 0.0, PlannerConfig())
+    assert p.isolated == (monster,)
+    apply(t, p.moves, 100)
+    after = {ld.node: ld.rate for ld in loads_from(rates, t)}
+    assert after["n1"] == 900.0  # nothing beside it
+    assert max(after["n2"], after["n3"]) < 900.0
+
+
+def test_no_load_round_while_a_move_settles():
+    """A node with a move in flight or settling shows a view that is still off (and so is
+    the mean): the next round waits until every node has settled."""
+    t = table()
+    rates = {k: 100.0 for k in keys_on(t, "n1", 9)}
+    p = plan(loads_from(rates, t), t, PlannerState(), 0.0, PlannerConfig(), busy=frozenset({"n3"}))
+    assert p.moves == ()
+
+
+def test_round_waits_while_reports_still_rise():
+    """A hotspot that just started shows through the EWMA at a fraction of its rate: a
+    round waits for the reports to stop rising, for 2 x imbalance_period_s at most."""
+    t = table()
+    base = {k: 10.0 for n in NODES for k in keys_on(t, n, 20, f"{n}-")}
+    hot = keys_on(t, "n1", 2, "hot")
+    state, cfg = PlannerState(), PlannerConfig()
+
+    def at(now: float, share: float) -> tuple[Move, ...]:
+        rates = dict(base, **{k: 300.0 * share for k in hot})
+        return plan(loads_from(rates, t), t, state, now, cfg).moves
+
+    assert at(0.0, 0.0) == ()
+    assert at(1.0, 0.5) == ()  # rising: wait
+    assert at(2.0, 0.75) == ()
+    assert at(3.5, 0.75) != ()  # steady for a report period: act
+    # A slow ramp: over the line from t = 2, still rising at t = 8, yet it acts then.
+    state = PlannerState()
+    ramp = [at(float(s), s / 10) for s in range(10)]
+    assert not any(ramp[:8]) and ramp[8]
