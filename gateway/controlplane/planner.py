@@ -67,6 +67,9 @@ class PlannerConfig:
     admission_high: float = 0.95
     admission_low: float = 0.85
     join_batch: int = 4096  # cold (load-free) slots handed to an under-filled node per round
+    # A slot that moved this recently is not known to be cold: its new owner's reports
+    # may not show its load yet (its clients are still reconnecting).
+    join_settle_s: float = 5.0
     steady_s: float = 1.0  # a report that rose within steady_s is still filling in
 
     def __post_init__(self) -> None:
@@ -151,7 +154,7 @@ def plan(
                 state.moved_at[u] = now
         state.idle_at = state.idle_at if moves else now
     if not moves:
-        moves = _join_moves(loads, table, state, cfg, busy)
+        moves = _join_moves(loads, table, state, cfg, busy, now)
         reason = "join" if moves else ""
         state.moved_at.update(dict.fromkeys((m.unit for m in moves), now))
     return Plan(moves, reason, tuple(k for k, _, _ in isolated), imbalance=imb)
@@ -521,8 +524,10 @@ def _join_moves(
     state: PlannerState,
     cfg: PlannerConfig,
     busy: frozenset[str],
+    now: float,
 ) -> tuple[Move, ...]:
-    """Hand load-free slots to nodes holding well under their share of slots."""
+    """Hand load-free slots to nodes holding well under their share of slots. A load-free
+    slot carries no sessions, so the cooldown of loaded units does not apply to it."""
     by_node = {n.node: n for n in loads}
     held = Counter(table.owners)
     counts = {n: held[n] for n in by_node}
@@ -539,7 +544,11 @@ def _join_moves(
     for dst in hungry:
         want = min(int(share) - counts[dst], cfg.join_batch - len(moves))
         for src in sorted(donors, key=lambda n: -counts[n]):
-            free = [s for s in cold[src] if ("slot", s) not in state.moved_at]
+            free = [
+                s
+                for s in cold[src]
+                if now - state.moved_at.get(("slot", s), float("-inf")) >= cfg.join_settle_s
+            ]
             take = free[: max(0, min(want, counts[src] - int(share)))]
             cold[src] = [s for s in cold[src] if s not in set(take)]
             moves += [Move(("slot", slot), src, dst, 0.0) for slot in take]
