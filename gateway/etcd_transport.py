@@ -1,0 +1,64 @@
+"""The etcd client's transport: HTTP/1.1 to the members' JSON gateway, with aiohttp.
+
+The protocol lives in :mod:`clientlib.kernel.etcd`; this only moves bytes and
+turns every network failure into :class:`~clientlib.kernel.etcd.EtcdUnavailable`.
+(The backend has the same few lines: peers do not import each other.)
+"""
+
+from __future__ import annotations
+
+import asyncio
+from collections.abc import AsyncIterator
+
+import aiohttp
+
+from clientlib.kernel.etcd import EtcdClient, EtcdUnavailable
+
+__all__ = ["AiohttpTransport", "etcd_client"]
+
+MAX_ANSWER = 16 << 20
+
+
+class AiohttpTransport:
+    def __init__(self) -> None:
+        self._session: aiohttp.ClientSession | None = None
+
+    def session(self) -> aiohttp.ClientSession:
+        if self._session is None or self._session.closed:
+            self._session = aiohttp.ClientSession(
+                connector=aiohttp.TCPConnector(limit=32, force_close=False),
+                timeout=aiohttp.ClientTimeout(total=None, sock_connect=1.0),
+            )
+        return self._session
+
+    async def call(
+        self, endpoint: str, path: str, body: bytes, timeout: float
+    ) -> tuple[int, bytes]:
+        try:
+            async with asyncio.timeout(timeout):
+                async with self.session().post(f"http://{endpoint}{path}", data=body) as r:
+                    data = await r.content.read(MAX_ANSWER + 1)
+                    if len(data) > MAX_ANSWER:
+                        raise EtcdUnavailable(f"answer larger than {MAX_ANSWER} bytes")
+                    return r.status, data
+        except (aiohttp.ClientError, OSError, TimeoutError) as exc:
+            raise EtcdUnavailable(f"{type(exc).__name__}: {exc}") from exc
+
+    async def stream(self, endpoint: str, path: str, body: bytes) -> AsyncIterator[bytes]:
+        try:
+            async with self.session().post(f"http://{endpoint}{path}", data=body) as r:
+                if r.status != 200:
+                    raise EtcdUnavailable(f"watch answered {r.status}")
+                async for chunk in r.content.iter_any():
+                    yield chunk
+        except (aiohttp.ClientError, OSError, TimeoutError) as exc:
+            raise EtcdUnavailable(f"{type(exc).__name__}: {exc}") from exc
+
+    async def close(self) -> None:
+        if self._session is not None:
+            await self._session.close()
+
+
+def etcd_client(endpoints: list[str]) -> tuple[EtcdClient, AiohttpTransport]:
+    transport = AiohttpTransport()
+    return EtcdClient(transport, endpoints, sleep=asyncio.sleep), transport
