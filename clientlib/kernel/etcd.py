@@ -312,6 +312,12 @@ class EtcdClient:
         kvs = [KeyValue.from_json(kv) for kv in obj.get("kvs", [])]
         return kvs, int(obj.get("header", {}).get("revision", 0))
 
+    async def probe(self, key: str, timeout: float) -> int:
+        """A quorum read of nothing but ``key``'s count: the store's revision if the
+        current member (or the next) answers within ``timeout``."""
+        obj = await self._call("/v3/kv/range", {"key": _b64(key), "count_only": True}, timeout)
+        return int(obj.get("header", {}).get("revision", 0))
+
     async def put(self, key: str, value: bytes, *, lease: int = 0) -> int:
         obj = await self._call("/v3/kv/put", Put(key, value, lease).to_json()["request_put"])
         return int(obj.get("header", {}).get("revision", 0))

@@ -1,0 +1,468 @@
+"""The control plane on etcd: one elected gateway runs :class:`ControlCore`, durably by CAS.
+
+Every gateway runs an :class:`EtcdController`; the one that creates the leader
+key (under its own etcd lease, ``election_lease_s``) runs the core until it
+loses it, the others stand by and take over when the key goes.
+
+**Durable before announced.** The core saves through a :class:`StagedStorage`
+whose ``write`` only keeps the snapshot. Before the effects the core returned
+are carried out, the snapshot is written by one transaction that holds only if
+the leader key is still this term's (its create revision) and the directory's
+mod revision is the one this term last read or wrote. A transaction that fails
+means another gateway leads (or did): the effects are dropped and this one
+steps down; the next leader reads the directory again. Every other write of the
+plane (orders to nodes) is guarded by the same leader compare. The epoch
+counter and the moves in flight are in the snapshot, so a new leader hands out
+epochs above every one ever announced, and finishes or aborts the moves.
+
+**Feeding the core** from the watched keys, in revision order: a node's
+registration key (put: ``register``; deleted, i.e. its lease ran out or it
+revoked it: the node is gone at once), its load key (``report``), its answers
+(``released``, ``leave``). Effects become keys: ``release`` → ``orders/<node>/
+release-<move>`` (the core repeats it; each put is an event the node sees),
+``left`` and ``refused`` likewise; a table update needs nothing (the directory
+key *is* the broadcast), nor does ``granted`` (etcd keeps the leases). Order and
+answer keys of a move are deleted when it finishes.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import math
+import time
+from typing import Any
+
+import orjson
+import structlog
+from prometheus_client import Gauge
+
+from clientlib.kernel import control_protocol as cp
+from clientlib.kernel.etcd import (
+    Compare,
+    Delete,
+    EtcdClient,
+    EtcdError,
+    Event,
+    KeyValue,
+    Op,
+    Put,
+    Range,
+)
+from clientlib.kernel.session_protocol import ProtocolError
+from gateway.controlplane.controller import Controller
+from gateway.controlplane.core import (
+    Broadcast,
+    ControlCore,
+    CoreConfig,
+    Disconnect,
+    Effect,
+    MoveFinished,
+    Send,
+)
+from gateway.controlplane.directory import EmbeddedDirectory
+from gateway.controlplane.endpoint import ControlEndpoint
+from gateway.controlplane.planner import NodeLoad, PlannerConfig, imbalance
+from gateway.etcd_routes import EtcdMirror
+from gateway.metrics import GatewayMetrics
+
+__all__ = ["EtcdController", "StagedStorage"]
+
+log = structlog.get_logger("gateway.control")
+
+MAX_INBOX = 10_000
+
+
+class StagedStorage:
+    """The core's :class:`~gateway.controlplane.directory.Storage` on the leader: ``write``
+    keeps the latest snapshot until the shell has written it to etcd."""
+
+    def __init__(self, data: bytes | None = None):
+        self.data = data
+        self.staged: bytes | None = None
+
+    def read(self) -> bytes | None:
+        return self.data
+
+    def write(self, data: bytes) -> None:
+        self.staged = data
+
+    def take(self) -> bytes | None:
+        data, self.staged = self.staged, None
+        if data is not None:
+            self.data = data
+        return data
+
+
+class _EtcdOnly:
+    """``/v1/control`` on a gateway whose directory is etcd: tell a backend so."""
+
+    async def registered(self, msg: cp.Register) -> str | None:
+        return "this cluster's directory is in etcd: start the backend with --etcd"
+
+    async def received(self, node: str, msg: cp.Report | cp.Released | cp.Leave) -> None:
+        return None
+
+
+class EtcdController(Controller):
+    def __init__(
+        self,
+        client: EtcdClient,
+        mirror: EtcdMirror,
+        secret: str,
+        metrics: GatewayMetrics,
+        *,
+        gateway_id: str,
+        admin: str,
+        election_lease_s: int = 2,
+        node_lease_s: float = 3.0,
+        config: CoreConfig | None = None,
+        planner: PlannerConfig | None = None,
+        tick_s: float = 0.5,
+    ):
+        self.storage = StagedStorage()
+        super().__init__(
+            EmbeddedDirectory(self.storage, lease_s=node_lease_s),
+            secret,
+            metrics,
+            config=config,
+            planner=planner,
+            tick_s=tick_s,
+        )
+        self.endpoint = ControlEndpoint(secret, _EtcdOnly())
+        self.client, self.mirror, self.layout = client, mirror, mirror.layout
+        self.me = orjson.dumps({"id": gateway_id, "admin": admin})
+        self.gateway_id = gateway_id
+        self.election_lease_s = election_lease_s
+        self.leading = False
+        self.terms = 0
+        self._core_cfg = (config, planner)
+        self._lease = 0
+        self._leader_rev = 0  # create revision of this term's leader key
+        self._dir_rev = 0  # mod revision of the directory this term last read or wrote
+        self._base_rev = 0  # events at or below it were in the term's first read
+        self._inbox: list[Event] = []
+        self._wake = asyncio.Event()
+        self._lost = asyncio.Event()
+        self._orders: dict[int, str] = {}  # move → the node its release was put for
+        mirror.listeners.append(self)
+        r = metrics.registry
+        self.g_leader = Gauge("gateway_control_leader", "1 while this gateway leads", registry=r)
+        self.g_stale = Gauge(
+            "gateway_directory_stale", "1 while etcd cannot be reached (cached table)", registry=r
+        )
+
+    # ------------------------------------------------------------------ MirrorListener
+
+    def reset(self) -> None:
+        if self.leading:
+            self._lost.set()  # events may have been missed: read everything in a new term
+        self._wake.set()
+
+    def events(self, events: tuple[Event, ...]) -> None:
+        if self.leading:
+            if len(self._inbox) + len(events) > MAX_INBOX:
+                self._lost.set()
+            else:
+                self._inbox.extend(events)
+        self._wake.set()
+
+    async def close(self) -> None:
+        if self._task is not None:
+            self._task.cancel()
+            with contextlib.suppress(asyncio.CancelledError):
+                await self._task
+        await self._step_down()  # a graceful stop hands over at once
+        await self.endpoint.close()
+
+    # ------------------------------------------------------------------ election
+
+    async def _loop(self) -> None:
+        while True:
+            self.g_stale.set(1 if self.mirror.stale else 0)
+            try:
+                vacant = self.layout.leader not in self.mirror.kvs
+                if self.mirror.synced.is_set() and vacant and await self._campaign():
+                    await self._lead()
+            except EtcdError as exc:
+                log.warning("control_etcd_error", error=str(exc)[:200])
+            except Exception:
+                log.exception("control_term_failed")
+            finally:
+                await self._step_down()
+            self._wake.clear()
+            with contextlib.suppress(TimeoutError):
+                await asyncio.wait_for(self._wake.wait(), 1.0)
+
+    async def _campaign(self) -> bool:
+        lease = await self.client.grant(self.election_lease_s)
+        key = self.layout.leader
+        res = await self.client.txn([Compare(key, "CREATE", 0)], [Put(key, self.me, lease)])
+        if not res.succeeded:
+            with contextlib.suppress(EtcdError):
+                await self.client.revoke(lease)
+            return False
+        self._lease, self._leader_rev = lease, res.revision
+        return True
+
+    async def _keep_leading(self) -> None:
+        """Renew the election lease; returns when it is lost, or cannot be renewed before
+        it would run out (counted from each keep-alive's send, minus a margin)."""
+        ttl = self.election_lease_s
+        until = time.monotonic() + ttl * 0.8
+        while time.monotonic() < until:
+            sent = time.monotonic()
+            try:
+                got = await self.client.keepalive(self._lease, timeout=max(until - sent, 0.1))
+                if got <= 0:
+                    return
+                until = sent + got * 0.8
+            except EtcdError:
+                pass
+            await asyncio.sleep(ttl / 4)
+
+    async def _lead(self) -> None:
+        self.leading, self.terms = True, self.terms + 1
+        self._lost.clear()
+        self._inbox.clear()
+        keeper = asyncio.get_running_loop().create_task(self._keep_leading())
+        try:
+            kvs, rev = await self.client.get(self.layout.root, prefix=True)
+            self._start_term({kv.key: kv for kv in kvs}, rev)
+            self.g_leader.set(1)
+            log.info("control_leading", gateway=self.gateway_id, term=self.terms, revision=rev)
+            await self._apply(self._reconcile({kv.key: kv for kv in kvs}))
+            next_tick = time.monotonic()
+            while not keeper.done() and not self._lost.is_set():
+                await self._drain_inbox()
+                now = time.monotonic()
+                if now >= next_tick:
+                    next_tick = now + self.tick_s
+                    self._renew_present()
+                    await self._apply(self.core.tick(now))
+                    self.metrics.admission_closed.set(1 if self.core.shed else 0)
+                    self.g_stale.set(1 if self.mirror.stale else 0)
+                self._wake.clear()
+                with contextlib.suppress(TimeoutError):
+                    await asyncio.wait_for(self._wake.wait(), max(next_tick - now, 0.01))
+        finally:
+            keeper.cancel()
+            with contextlib.suppress(asyncio.CancelledError):
+                await keeper
+
+    def _start_term(self, kvs: dict[str, KeyValue], rev: int) -> None:
+        kv = kvs.get(self.layout.directory)
+        self.storage = StagedStorage(kv.value if kv else None)
+        self._dir_rev = kv.mod_revision if kv else 0
+        self._base_rev = rev
+        paused = self.core.paused
+        self.dir = EmbeddedDirectory(self.storage, lease_s=self.dir.lease_s)
+        cfg, planner = self._core_cfg
+        self.core = ControlCore(self.dir, cfg, planner, wall=time.time)
+        self.core.paused = paused
+        present = {self.layout.parse(k)[1] for k in kvs if self.layout.parse(k)[0] == "nodes"}
+        for node, entry in self.dir.nodes.items():
+            if node not in present:
+                entry.lease_until = -math.inf  # known to the snapshot, no longer registered
+
+    async def _step_down(self) -> None:
+        if not self.leading:
+            return
+        self.leading = False
+        self.g_leader.set(0)
+        for fut in self._waiters.values():
+            if not fut.done():
+                fut.set_exception(ValueError("this gateway stopped leading the control plane"))
+        self._waiters.clear()
+        if self._lease:
+            with contextlib.suppress(EtcdError):
+                await self.client.revoke(self._lease)  # let a standby take over at once
+            self._lease = 0
+        log.warning("control_stepped_down", gateway=self.gateway_id, term=self.terms)
+
+    # ------------------------------------------------------------------ feeding the core
+
+    def _reconcile(self, kvs: dict[str, KeyValue]) -> list[Effect]:
+        """A new term: every registered node, its load, its answers, as if they had just come."""
+        order = {"nodes": 0, "load": 1, "answers": 2}
+        items = [(self.layout.parse(k), kv) for k, kv in kvs.items()]
+        items = sorted((p for p in items if p[0][0] in order), key=lambda p: order[p[0][0]])
+        out: list[Effect] = []
+        for _, kv in items:
+            out += self._event(Event("put", kv))
+        return out
+
+    async def _drain_inbox(self) -> None:
+        while self._inbox and self.leading and not self._lost.is_set():
+            batch, self._inbox = self._inbox, []
+            out: list[Effect] = []
+            for ev in batch:
+                if ev.kv.mod_revision > self._base_rev:
+                    out += self._event(ev)
+            await self._apply(out)
+
+    def _event(self, ev: Event) -> list[Effect]:
+        kind, node, _ = self.layout.parse(ev.kv.key)
+        now, d = time.monotonic(), self.dir
+        if kind == "leader" and ev.kind == "delete":
+            self._lost.set()
+            return []
+        if kind == "directory":
+            return []  # ours; a write by anyone else fails our next CAS, and we step down
+        if kind == "nodes" and ev.kind == "delete":
+            e = d.nodes.get(node)
+            if e is None or not e.alive:
+                return []
+            e.lease_until = -math.inf  # its etcd lease ran out (or it gave it back): gone now
+            return self.core.tick(now)
+        if ev.kind != "put" or kind not in ("nodes", "load", "answers"):
+            return []
+        try:
+            msg = cp.decode(ev.kv.value)
+        except ProtocolError as exc:
+            log.warning("control_message_refused", key=ev.kv.key, error=str(exc))
+            return []
+        if kind == "nodes" and isinstance(msg, cp.Register) and msg.node == node:
+            accepted, effects = self.core.register(now, msg)
+            return effects if accepted else [Send(node, cp.Refused(self.core.refusal(msg)))]
+        e = d.nodes.get(node)
+        if e is None or not e.alive or e.leaving:
+            return []  # not (or no longer) a member: nothing it says counts
+        if (kind, isinstance(msg, cp.Report)) == ("load", True) or (
+            kind == "answers" and isinstance(msg, cp.Released | cp.Leave)
+        ):
+            assert isinstance(msg, cp.Report | cp.Released | cp.Leave)
+            return self.core.received(now, node, msg)
+        return []
+
+    def _renew_present(self) -> None:
+        """A node is alive while its registration key is: etcd keeps its lease."""
+        for node in self.mirror.under("nodes"):
+            self.dir.renew(node)
+
+    # ------------------------------------------------------------------ effects
+
+    async def _apply(self, effects: list[Effect]) -> None:
+        async with self._lock:
+            if not self.leading or self._lost.is_set():
+                return
+            staged = self.storage.take()
+            if staged is not None and not await self._write_directory(staged):
+                self._lost.set()
+                return
+            ops: list[Op] = []
+            for e in effects:
+                match e:
+                    case Send(node, cp.Release() as msg):
+                        self._orders[msg.move] = node
+                        ops.append(Put(self.layout.release(node, msg.move), cp.encode(msg)))
+                    case Send(node, cp.Left() as msg):
+                        ops.append(Put(self.layout.left(node), cp.encode(msg)))
+                    case Send(node, cp.Refused() as msg):
+                        ops.append(Put(self.layout.refused(node), cp.encode(msg)))
+                    case Send() | Broadcast() | Disconnect():
+                        pass  # tables and leases: the directory key and etcd's leases
+                    case MoveFinished(move, _, _):
+                        src = self._orders.pop(move, None)
+                        if src is not None:
+                            ops.append(Delete(self.layout.release(src, move)))
+                            ops.append(Delete(self.layout.released(src, move)))
+                        fut = self._waiters.pop(move, None)
+                        if fut is not None and not fut.done():
+                            fut.set_result(e)
+            if ops and not await self._guarded(ops):
+                self._lost.set()
+
+    async def _write_directory(self, data: bytes) -> bool:
+        key, leader = self.layout.directory, self.layout.leader
+        try:
+            res = await self.client.txn(
+                [Compare(leader, "CREATE", self._leader_rev), Compare(key, "MOD", self._dir_rev)],
+                [Put(key, data)],
+                [Range(leader), Range(key)],
+            )
+        except EtcdError as exc:
+            log.error("directory_write_failed", error=str(exc)[:200])
+            return False
+        if res.succeeded:
+            self._dir_rev = res.revision
+            return True
+        lead, cur = [*res.ranges, [], []][:2]
+        if lead and lead[0].create_revision == self._leader_rev and cur and cur[0].value == data:
+            self._dir_rev = cur[0].mod_revision  # a retried write of ours that had gone through
+            return True
+        log.warning("directory_write_refused", reason="not the leader any more")
+        return False
+
+    async def _guarded(self, ops: list[Op]) -> bool:
+        try:
+            res = await self.client.txn(
+                [Compare(self.layout.leader, "CREATE", self._leader_rev)], ops
+            )
+            return res.succeeded
+        except EtcdError as exc:
+            log.error("order_write_failed", error=str(exc)[:200])
+            return False
+
+    # ------------------------------------------------------------------ admin
+
+    def ready(self) -> bool:
+        return self.mirror.synced.is_set() and None not in self._routes_owners()
+
+    def _routes_owners(self) -> list[str | None]:
+        kv = self.mirror.kvs.get(self.layout.directory)
+        if kv is None:
+            return [None]
+        try:
+            owners: list[str | None] = orjson.loads(kv.value)["table"]["owners"]
+            return owners
+        except (KeyError, TypeError, orjson.JSONDecodeError):
+            return [None]
+
+    def stale_note(self) -> str:
+        if not self.mirror.stale:
+            return ""
+        return (
+            f"stale: etcd unreachable for {self.mirror.age():.0f}s; routing from the cached table"
+        )
+
+    async def manual_move(self, unit: Any, to: str, *, pin: bool = False) -> int:
+        self._must_lead()
+        return await super().manual_move(unit, to, pin=pin)
+
+    async def drain_node(self, node: str) -> int:
+        self._must_lead()
+        return await super().drain_node(node)
+
+    def _must_lead(self) -> None:
+        if not self.leading:
+            raise ValueError(f"not the leader; the leader is {self.mirror.leader()}")
+
+    def status(self) -> dict[str, Any]:
+        base: dict[str, Any] = {
+            "directory": "etcd",
+            "gateway_id": self.gateway_id,
+            "leading": self.leading,
+            "leader": self.mirror.leader(),
+            "stale": self.mirror.stale,
+            "terms": self.terms,
+        }
+        if self.leading:
+            return {**self.core.status(), **base}
+        loads: list[NodeLoad] = []
+        nodes: dict[str, Any] = {}
+        for node, kv in self.mirror.under("load").items():
+            with contextlib.suppress(ProtocolError):
+                msg = cp.decode(kv.value)
+                if isinstance(msg, cp.Report):
+                    ld = msg.load
+                    loads.append(NodeLoad(node=node, capacity=ld.capacity, rate=ld.rate))
+                    nodes[node] = {
+                        "rate": ld.rate,
+                        "capacity": ld.capacity,
+                        "util": round(ld.rate / ld.capacity, 4) if ld.capacity else 0.0,
+                        "pressure": ld.pressure,
+                        "sessions": ld.sessions,
+                        "alive": True,
+                    }
+        return {"nodes": nodes, "imbalance": round(imbalance(loads), 4) if loads else None, **base}
