@@ -95,7 +95,8 @@ class EtcdLink:
                 await self.client.put(
                     self.layout.leave(self.node_id), cp.encode(m), lease=self.lease
                 )
-            await asyncio.wait_for(self._left.wait(), timeout)
+            async with asyncio.timeout(timeout):
+                await self._left.wait()
             return True
         except (EtcdError, TimeoutError):
             return False

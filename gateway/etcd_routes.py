@@ -127,11 +127,13 @@ class EtcdMirror:
         while True:
             watch = asyncio.get_running_loop().create_task(self._sync_and_watch())
             restart = asyncio.get_running_loop().create_task(self._restart.wait())
-            await asyncio.wait([watch, restart], return_when=asyncio.FIRST_COMPLETED)
-            for t in (watch, restart):
-                t.cancel()
-                with contextlib.suppress(asyncio.CancelledError, EtcdError):
-                    await t
+            try:
+                await asyncio.wait([watch, restart], return_when=asyncio.FIRST_COMPLETED)
+            finally:
+                for t in (watch, restart):
+                    t.cancel()
+                    with contextlib.suppress(asyncio.CancelledError, EtcdError):
+                        await t
             self._restart.clear()
             await asyncio.sleep(0.1)
 

@@ -192,7 +192,8 @@ class EtcdController(Controller):
                 await self._step_down()
             self._wake.clear()
             with contextlib.suppress(TimeoutError):
-                await asyncio.wait_for(self._wake.wait(), 1.0)
+                async with asyncio.timeout(1.0):  # (wait_for can swallow a cancellation)
+                    await self._wake.wait()
 
     async def _campaign(self) -> bool:
         lease = await self.client.grant(self.election_lease_s)
@@ -222,13 +223,14 @@ class EtcdController(Controller):
             await asyncio.sleep(ttl / 4)
 
     async def _lead(self) -> None:
-        self.leading, self.terms = True, self.terms + 1
+        self.terms += 1
         self._lost.clear()
         self._inbox.clear()
         keeper = asyncio.get_running_loop().create_task(self._keep_leading())
         try:
             kvs, rev = await self.client.get(self.layout.root, prefix=True)
             self._start_term({kv.key: kv for kv in kvs}, rev)
+            self.leading = True  # events after ``rev`` now go to this term's core
             self.g_leader.set(1)
             log.info("control_leading", gateway=self.gateway_id, term=self.terms, revision=rev)
             await self._apply(self._reconcile({kv.key: kv for kv in kvs}))
@@ -244,7 +246,8 @@ class EtcdController(Controller):
                     self.g_stale.set(1 if self.mirror.stale else 0)
                 self._wake.clear()
                 with contextlib.suppress(TimeoutError):
-                    await asyncio.wait_for(self._wake.wait(), max(next_tick - now, 0.01))
+                    async with asyncio.timeout(max(next_tick - now, 0.01)):
+                        await self._wake.wait()
         finally:
             keeper.cancel()
             with contextlib.suppress(asyncio.CancelledError):
@@ -266,9 +269,7 @@ class EtcdController(Controller):
                 entry.lease_until = -math.inf  # known to the snapshot, no longer registered
 
     async def _step_down(self) -> None:
-        if not self.leading:
-            return
-        self.leading = False
+        was, self.leading = self.leading, False
         self.g_leader.set(0)
         for fut in self._waiters.values():
             if not fut.done():
@@ -278,7 +279,8 @@ class EtcdController(Controller):
             with contextlib.suppress(EtcdError):
                 await self.client.revoke(self._lease)  # let a standby take over at once
             self._lease = 0
-        log.warning("control_stepped_down", gateway=self.gateway_id, term=self.terms)
+        if was:
+            log.warning("control_stepped_down", gateway=self.gateway_id, term=self.terms)
 
     # ------------------------------------------------------------------ feeding the core
 
