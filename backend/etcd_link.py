@@ -66,7 +66,8 @@ class EtcdLink:
         self.registered = asyncio.Event()
         self._left = asyncio.Event()
         self._tasks: list[asyncio.Task[None]] = []
-        self._inflight: asyncio.Task[None] | None = None
+        self._renewals: set[asyncio.Task[None]] = set()
+        self._load_put: asyncio.Task[None] | None = None
         self._warned = False
         self._registered_at = 0  # the etcd revision of this registration
 
@@ -124,8 +125,11 @@ class EtcdLink:
                     await asyncio.sleep(RETRY_S)
                     continue
             for m in agent.tick(self.clock()):
-                if isinstance(m, cp.Report) and (self._inflight is None or self._inflight.done()):
-                    self._inflight = asyncio.get_running_loop().create_task(self._renew(m))
+                # Each report's keep-alive goes out when it is due, even if the last one has
+                # not come back (a slow member must not cost the lease); at most a few at once.
+                self._renewals = {t for t in self._renewals if not t.done()}
+                if isinstance(m, cp.Report) and len(self._renewals) < 4:
+                    self._renewals.add(asyncio.get_running_loop().create_task(self._renew(m)))
             await asyncio.sleep(TICK_S)
 
     async def _register(self) -> bool:
@@ -177,6 +181,14 @@ class EtcdLink:
                     self.registered.clear()
                 return
             self.agent.received(self.clock(), cp.Granted(report.seq, ttl * 1000))
+        except EtcdError as exc:
+            self._unreachable(exc)
+            return
+        if self._load_put is None or self._load_put.done():  # the load waits for nothing
+            self._load_put = asyncio.get_running_loop().create_task(self._put_load(report, lease))
+
+    async def _put_load(self, report: cp.Report, lease: int) -> None:
+        try:
             await self.client.put(self.layout.load(self.node_id), cp.encode(report), lease=lease)
         except EtcdError as exc:
             self._unreachable(exc)

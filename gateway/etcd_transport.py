@@ -37,10 +37,12 @@ class AiohttpTransport:
         try:
             async with asyncio.timeout(timeout):
                 async with self.session().post(f"http://{endpoint}{path}", data=body) as r:
-                    data = await r.content.read(MAX_ANSWER + 1)
-                    if len(data) > MAX_ANSWER:
-                        raise EtcdUnavailable(f"answer larger than {MAX_ANSWER} bytes")
-                    return r.status, data
+                    data = bytearray()
+                    async for chunk in r.content.iter_chunked(1 << 16):
+                        data += chunk
+                        if len(data) > MAX_ANSWER:
+                            raise EtcdUnavailable(f"answer larger than {MAX_ANSWER} bytes")
+                    return r.status, bytes(data)
         except (aiohttp.ClientError, OSError, TimeoutError) as exc:
             raise EtcdUnavailable(f"{type(exc).__name__}: {exc}") from exc
 

@@ -246,6 +246,8 @@ def _answer(status: int, body: bytes) -> dict[str, Any]:
     try:
         obj = orjson.loads(body) if body else {}
     except orjson.JSONDecodeError:
+        if status == 200:  # cut short: nothing of it can be trusted
+            raise EtcdUnavailable(f"unreadable answer ({len(body)} bytes)") from None
         obj = {"message": body[:200].decode(errors="replace")}
     if status == 200 and isinstance(obj, dict):
         return obj
@@ -310,7 +312,10 @@ class EtcdClient:
         req: dict[str, Any] = Range(key, prefix).to_json()["request_range"]
         obj = await self._call("/v3/kv/range", req)
         kvs = [KeyValue.from_json(kv) for kv in obj.get("kvs", [])]
-        return kvs, int(obj.get("header", {}).get("revision", 0))
+        rev = int(obj.get("header", {}).get("revision", 0))
+        if rev <= 0:  # every answer of a live store has a revision >= 1
+            raise EtcdUnavailable("range: answer without a revision")
+        return kvs, rev
 
     async def probe(self, key: str, timeout: float) -> int:
         """A quorum read of nothing but ``key``'s count: the store's revision if the

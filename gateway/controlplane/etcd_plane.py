@@ -142,6 +142,7 @@ class EtcdController(Controller):
         self._dir_rev = 0  # mod revision of the directory this term last read or wrote
         self._base_rev = 0  # events at or below it were in the term's first read
         self._inbox: list[Event] = []
+        self._resync = False
         self._wake = asyncio.Event()
         self._lost = asyncio.Event()
         self._orders: dict[int, str] = {}  # move → the node its release was put for
@@ -156,7 +157,7 @@ class EtcdController(Controller):
 
     def reset(self) -> None:
         if self.leading:
-            self._lost.set()  # events may have been missed: read everything in a new term
+            self._resync = True  # events may have been missed: compare with the new copy
         self._wake.set()
 
     def events(self, events: tuple[Event, ...]) -> None:
@@ -236,6 +237,10 @@ class EtcdController(Controller):
             await self._apply(self._reconcile({kv.key: kv for kv in kvs}))
             next_tick = time.monotonic()
             while not keeper.done() and not self._lost.is_set():
+                if self._resync:
+                    self._resync, self._inbox = False, []
+                    self._base_rev = self.mirror.revision
+                    await self._apply(self._reconcile(dict(self.mirror.kvs)))
                 await self._drain_inbox()
                 now = time.monotonic()
                 if now >= next_tick:
@@ -285,14 +290,32 @@ class EtcdController(Controller):
     # ------------------------------------------------------------------ feeding the core
 
     def _reconcile(self, kvs: dict[str, KeyValue]) -> list[Effect]:
-        """A new term: every registered node, its load, its answers, as if they had just come."""
+        """A new term, or a copy read again: a member whose key is gone is gone; every
+        registered node, its load and its answers count as if they had just come."""
         order = {"nodes": 0, "load": 1, "answers": 2}
         items = [(self.layout.parse(k), kv) for k, kv in kvs.items()]
-        items = sorted((p for p in items if p[0][0] in order), key=lambda p: order[p[0][0]])
+        present = {node for (kind, node, _), _ in items if kind == "nodes"}
         out: list[Effect] = []
-        for _, kv in items:
+        for node, e in list(self.dir.nodes.items()):
+            if e.alive and node not in present:
+                out += self._event(Event("delete", KeyValue(self.layout.node(node), b"")))
+        items = sorted((p for p in items if p[0][0] in order), key=lambda p: order[p[0][0]])
+        for (kind, node, _), kv in items:
+            known = self.dir.nodes.get(node)
+            if kind == "nodes" and known is not None and known.alive and known.registered:
+                if known.incarnation == self._incarnation(kv):
+                    continue  # known, and the same process: nothing to tell the core
+                out += self._event(Event("delete", kv))  # another process: the old one is gone
             out += self._event(Event("put", kv))
         return out
+
+    @staticmethod
+    def _incarnation(kv: KeyValue) -> str:
+        try:
+            msg = cp.decode(kv.value)
+        except ProtocolError:
+            return ""
+        return msg.incarnation if isinstance(msg, cp.Register) else ""
 
     async def _drain_inbox(self) -> None:
         while self._inbox and self.leading and not self._lost.is_set():
