@@ -126,13 +126,15 @@ async def serve(cfg: BackendConfig) -> None:
     node.stop()
     handed_off = await control.leave() if control is not None else False
     if isinstance(control, EtcdLink):
-        await control.close()
-        await transport.close()
+        await control.close()  # the lease back: this node's keys go at once
     hint = CloseHint(window_ms=node.moved_window_ms(node.session_count)).encode()
     node.close_all(CloseCode.MOVED if handed_off else CloseCode.SERVICE_RESTART, hint)
     await server.close_all(CloseCode.MOVED if handed_off else CloseCode.SERVICE_RESTART, hint)
     for t in tasks:
         t.cancel()
+    if isinstance(control, EtcdLink):
+        await asyncio.gather(*tasks, return_exceptions=True)
+        await transport.close()
     with contextlib.suppress(Exception):
         assert server.server is not None
         server.server.close()
