@@ -55,12 +55,13 @@ async def serve(cfg: GatewayConfig) -> None:
     directory: RouteSource
     edir: EmbeddedDirectory | None = None
     mirror: EtcdMirror | None = None
+    routes: EtcdRoutes | None = None
     if cfg.static_backend:
         directory = StaticDirectory(cfg.static_backend)
     elif cfg.etcd:
         client, transport = etcd_client(parse_endpoints(cfg.etcd))
         mirror = EtcdMirror(client, Layout(cfg.etcd_prefix))
-        directory = EtcdRoutes(mirror, lease_s=cfg.lease_s)
+        directory = routes = EtcdRoutes(mirror, lease_s=cfg.lease_s)
         log.info("etcd_directory", endpoints=client.endpoints, prefix=cfg.etcd_prefix)
     elif cfg.control_secret:
         edir = EmbeddedDirectory(cfg.state_dir, lease_s=cfg.lease_s)
@@ -75,7 +76,7 @@ async def serve(cfg: GatewayConfig) -> None:
         log.info("admin_token_written", path=str(token_file))
     gw = Gateway(cfg, directory)
     controller: Controller | None = None
-    if mirror is not None:
+    if mirror is not None and routes is not None:
         assert cfg.control_secret is not None
         controller = EtcdController(
             mirror.client,
@@ -87,6 +88,7 @@ async def serve(cfg: GatewayConfig) -> None:
             election_lease_s=cfg.election_lease_s,
             node_lease_s=cfg.lease_s,
             config=CoreConfig(rebalance=cfg.rebalance),
+            routes_ready=routes.ready,
         )
         gw.admission = controller.admission
         gw.credential_of = controller.endpoint.credential

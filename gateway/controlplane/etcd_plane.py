@@ -4,25 +4,17 @@ Every gateway runs an :class:`EtcdController`; the one that creates the leader
 key (under its own etcd lease, ``election_lease_s``) runs the core until it
 loses it, the others stand by and take over when the key goes.
 
-**Durable before announced.** The core saves through a :class:`StagedStorage`
-whose ``write`` only keeps the snapshot. Before the effects the core returned
-are carried out, the snapshot is written by one transaction that holds only if
-the leader key is still this term's (its create revision) and the directory's
-mod revision is the one this term last read or wrote. A transaction that fails
-means another gateway leads (or did): the effects are dropped and this one
-steps down; the next leader reads the directory again. Every other write of the
-plane (orders to nodes) is guarded by the same leader compare. The epoch
-counter and the moves in flight are in the snapshot, so a new leader hands out
-epochs above every one ever announced, and finishes or aborts the moves.
+**Durable before announced.** The core saves through a ``StagedStorage``; the
+snapshot is written by CAS (:class:`~gateway.controlplane.etcd_effects.LeaderWrites`)
+before the effects the core returned are carried out. A refused write: the effects
+are dropped and this gateway steps down. The epoch counter and the moves in flight
+are in the snapshot, so a new leader hands out epochs above every one announced
+and finishes or aborts the moves.
 
 **Feeding the core** from the watched keys, in revision order: a node's
 registration key (put: ``register``; deleted, i.e. its lease ran out or it
 revoked it: the node is gone at once), its load key (``report``), its answers
-(``released``, ``leave``). Effects become keys: ``release`` → ``orders/<node>/
-release-<move>`` (the core repeats it; each put is an event the node sees),
-``left`` and ``refused`` likewise; a table update needs nothing (the directory
-key *is* the broadcast), nor does ``granted`` (etcd keeps the leases). Order and
-answer keys of a move are deleted when it finishes.
+(``released``, ``leave``). Effects become keys (:mod:`gateway.controlplane.etcd_effects`).
 """
 
 from __future__ import annotations
@@ -31,6 +23,7 @@ import asyncio
 import contextlib
 import math
 import time
+from collections.abc import Callable
 from typing import Any
 
 import orjson
@@ -40,29 +33,25 @@ from prometheus_client import Gauge
 from clientlib.kernel import control_protocol as cp
 from clientlib.kernel.etcd import (
     Compare,
-    Delete,
     EtcdClient,
     EtcdError,
     Event,
     KeyValue,
-    Op,
     Put,
-    Range,
 )
 from clientlib.kernel.session_protocol import ProtocolError
 from gateway.controlplane.controller import Controller
 from gateway.controlplane.core import (
-    Broadcast,
     ControlCore,
     CoreConfig,
-    Disconnect,
     Effect,
-    MoveFinished,
     Send,
 )
 from gateway.controlplane.directory import EmbeddedDirectory
 from gateway.controlplane.endpoint import ControlEndpoint
-from gateway.controlplane.planner import NodeLoad, PlannerConfig, imbalance
+from gateway.controlplane.etcd_effects import LeaderWrites, StagedStorage, effect_ops
+from gateway.controlplane.etcd_standby import StandbyAdmission, standby_status, watched_loads
+from gateway.controlplane.planner import PlannerConfig
 from gateway.etcd_routes import EtcdMirror
 from gateway.metrics import GatewayMetrics
 
@@ -71,27 +60,6 @@ __all__ = ["EtcdController", "StagedStorage"]
 log = structlog.get_logger("gateway.control")
 
 MAX_INBOX = 10_000
-
-
-class StagedStorage:
-    """The core's :class:`~gateway.controlplane.directory.Storage` on the leader: ``write``
-    keeps the latest snapshot until the shell has written it to etcd."""
-
-    def __init__(self, data: bytes | None = None):
-        self.data = data
-        self.staged: bytes | None = None
-
-    def read(self) -> bytes | None:
-        return self.data
-
-    def write(self, data: bytes) -> None:
-        self.staged = data
-
-    def take(self) -> bytes | None:
-        data, self.staged = self.staged, None
-        if data is not None:
-            self.data = data
-        return data
 
 
 class _EtcdOnly:
@@ -119,6 +87,7 @@ class EtcdController(Controller):
         config: CoreConfig | None = None,
         planner: PlannerConfig | None = None,
         tick_s: float = 0.5,
+        routes_ready: Callable[[], bool] = lambda: False,
     ):
         self.storage = StagedStorage()
         super().__init__(
@@ -137,15 +106,17 @@ class EtcdController(Controller):
         self.leading = False
         self.terms = 0
         self._core_cfg = (config, planner)
+        self.routes_ready = routes_ready
         self._lease = 0
         self._leader_rev = 0  # create revision of this term's leader key
-        self._dir_rev = 0  # mod revision of the directory this term last read or wrote
+        self.writes = LeaderWrites(client, self.layout, 0, 0)
         self._base_rev = 0  # events at or below it were in the term's first read
         self._inbox: list[Event] = []
         self._resync = False
         self._wake = asyncio.Event()
         self._lost = asyncio.Event()
         self._orders: dict[int, str] = {}  # move → the node its release was put for
+        self._admission = StandbyAdmission(self.core.planner_cfg)  # a standby's own view
         mirror.listeners.append(self)
         r = metrics.registry
         self.g_leader = Gauge("gateway_control_leader", "1 while this gateway leads", registry=r)
@@ -181,6 +152,7 @@ class EtcdController(Controller):
     async def _loop(self) -> None:
         while True:
             self.g_stale.set(1 if self.mirror.stale else 0)
+            self._standby_admission()
             try:
                 vacant = self.layout.leader not in self.mirror.kvs
                 if self.mirror.synced.is_set() and vacant and await self._campaign():
@@ -261,7 +233,9 @@ class EtcdController(Controller):
     def _start_term(self, kvs: dict[str, KeyValue], rev: int) -> None:
         kv = kvs.get(self.layout.directory)
         self.storage = StagedStorage(kv.value if kv else None)
-        self._dir_rev = kv.mod_revision if kv else 0
+        self.writes = LeaderWrites(
+            self.client, self.layout, self._leader_rev, kv.mod_revision if kv else 0
+        )
         self._base_rev = rev
         paused = self.core.paused
         self.dir = EmbeddedDirectory(self.storage, lease_s=self.dir.lease_s)
@@ -372,77 +346,21 @@ class EtcdController(Controller):
             if not self.leading or self._lost.is_set():
                 return
             staged = self.storage.take()
-            if staged is not None and not await self._write_directory(staged):
+            if staged is not None and not await self.writes.directory(staged):
                 self._lost.set()
                 return
-            ops: list[Op] = []
-            for e in effects:
-                match e:
-                    case Send(node, cp.Release() as msg):
-                        self._orders[msg.move] = node
-                        ops.append(Put(self.layout.release(node, msg.move), cp.encode(msg)))
-                    case Send(node, cp.Left() as msg):
-                        ops.append(Put(self.layout.left(node), cp.encode(msg)))
-                    case Send(node, cp.Refused() as msg):
-                        ops.append(Put(self.layout.refused(node), cp.encode(msg)))
-                    case Send() | Broadcast() | Disconnect():
-                        pass  # tables and leases: the directory key and etcd's leases
-                    case MoveFinished(move, _, _):
-                        src = self._orders.pop(move, None)
-                        if src is not None:
-                            ops.append(Delete(self.layout.release(src, move)))
-                            ops.append(Delete(self.layout.released(src, move)))
-                        fut = self._waiters.pop(move, None)
-                        if fut is not None and not fut.done():
-                            fut.set_result(e)
-            if ops and not await self._guarded(ops):
+            ops, finished = effect_ops(effects, self.layout, self._orders)
+            for done in finished:
+                fut = self._waiters.pop(done.move, None)
+                if fut is not None and not fut.done():
+                    fut.set_result(done)
+            if ops and not await self.writes.guarded(ops):
                 self._lost.set()
-
-    async def _write_directory(self, data: bytes) -> bool:
-        key, leader = self.layout.directory, self.layout.leader
-        try:
-            res = await self.client.txn(
-                [Compare(leader, "CREATE", self._leader_rev), Compare(key, "MOD", self._dir_rev)],
-                [Put(key, data)],
-                [Range(leader), Range(key)],
-            )
-        except EtcdError as exc:
-            log.error("directory_write_failed", error=str(exc)[:200])
-            return False
-        if res.succeeded:
-            self._dir_rev = res.revision
-            return True
-        lead, cur = [*res.ranges, [], []][:2]
-        if lead and lead[0].create_revision == self._leader_rev and cur and cur[0].value == data:
-            self._dir_rev = cur[0].mod_revision  # a retried write of ours that had gone through
-            return True
-        log.warning("directory_write_refused", reason="not the leader any more")
-        return False
-
-    async def _guarded(self, ops: list[Op]) -> bool:
-        try:
-            res = await self.client.txn(
-                [Compare(self.layout.leader, "CREATE", self._leader_rev)], ops
-            )
-            return res.succeeded
-        except EtcdError as exc:
-            log.error("order_write_failed", error=str(exc)[:200])
-            return False
 
     # ------------------------------------------------------------------ admin
 
     def ready(self) -> bool:
-        return self.mirror.synced.is_set() and None not in self._routes_owners()
-
-    def _routes_owners(self) -> list[str | None]:
-        kv = self.mirror.kvs.get(self.layout.directory)
-        if kv is None:
-            return [None]
-        try:
-            owners: list[str | None] = orjson.loads(kv.value)["table"]["owners"]
-            return owners
-        except (KeyError, TypeError, orjson.JSONDecodeError):
-            return [None]
+        return self.routes_ready()
 
     def stale_note(self) -> str:
         if not self.mirror.stale:
@@ -463,6 +381,18 @@ class EtcdController(Controller):
         if not self.leading:
             raise ValueError(f"not the leader; the leader is {self.mirror.leader()}")
 
+    def admission(self) -> int | None:
+        """Retry-After while the fleet sheds: the leader's planner decides for the leader;
+        a standby applies the same rule to the loads it watches."""
+        if self.leading:
+            return super().admission()
+        return 2 if self._admission.shedding else None
+
+    def _standby_admission(self) -> None:
+        if not self.leading:
+            shed = self._admission.update(watched_loads(self.mirror.under("load")))
+            self.metrics.admission_closed.set(1 if shed else 0)
+
     def status(self) -> dict[str, Any]:
         base: dict[str, Any] = {
             "directory": "etcd",
@@ -474,20 +404,4 @@ class EtcdController(Controller):
         }
         if self.leading:
             return {**self.core.status(), **base}
-        loads: list[NodeLoad] = []
-        nodes: dict[str, Any] = {}
-        for node, kv in self.mirror.under("load").items():
-            with contextlib.suppress(ProtocolError):
-                msg = cp.decode(kv.value)
-                if isinstance(msg, cp.Report):
-                    ld = msg.load
-                    loads.append(NodeLoad(node=node, capacity=ld.capacity, rate=ld.rate))
-                    nodes[node] = {
-                        "rate": ld.rate,
-                        "capacity": ld.capacity,
-                        "util": round(ld.rate / ld.capacity, 4) if ld.capacity else 0.0,
-                        "pressure": ld.pressure,
-                        "sessions": ld.sessions,
-                        "alive": True,
-                    }
-        return {"nodes": nodes, "imbalance": round(imbalance(loads), 4) if loads else None, **base}
+        return {**standby_status(self.mirror.under("load")), **base}

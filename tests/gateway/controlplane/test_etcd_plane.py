@@ -9,6 +9,7 @@ import orjson
 import pytest
 
 from clientlib.kernel import control_protocol as cp
+from clientlib.kernel.etcd import Put
 from gateway.controlplane.core import CoreConfig
 from gateway.controlplane.etcd_plane import EtcdController
 from gateway.controlplane.planner import Move
@@ -37,6 +38,7 @@ class Gw:
             election_lease_s=2,
             config=CoreConfig(rebalance=False, settle_s=0.2),
             tick_s=0.1,
+            routes_ready=self.routes.ready,
         )
 
     def start(self) -> None:
@@ -87,19 +89,18 @@ async def test_the_directory_is_written_only_by_the_current_leader(etcd, layout)
         c, _ = client(etcd)
         before = lead.mirror.kvs[layout.directory]
         # A write with a stale mod revision is refused, even from the leader.
-        rev = lead.ctl._dir_rev
-        lead.ctl._dir_rev = rev - 1
-        assert not await lead.ctl._write_directory(b'{"stale": true}')
-        lead.ctl._dir_rev = rev
+        writes = lead.ctl.writes
+        rev = writes.dir_rev
+        writes.dir_rev = rev - 1
+        assert not await writes.directory(b'{"stale": true}')
+        writes.dir_rev = rev
         # The leader loses its key (its lease ran out while it stalled): a standby takes
         # over; the old leader's write, made as if nothing happened, is refused.
-        old = lead.ctl
-        leader_rev, dir_rev = old._leader_rev, old._dir_rev
+        old = lead.ctl.writes  # the old term's writer, as it was
         await c.delete(layout.leader)
         await until(lambda: standby.ctl.leading, 15, "the standby to take over")
-        old._leader_rev, old._dir_rev, old.leading = leader_rev, dir_rev, True
-        old._lost.clear()
-        assert not await old._write_directory(b'{"from": "the old leader"}')
+        assert not await old.directory(b'{"from": "the old leader"}')
+        assert not await old.guarded([Put(layout.release("n1", 99), b"{}")])
         kvs, _ = await c.get(layout.directory)
         after = kvs[0] if kvs else standby.mirror.kvs[layout.directory]
         assert orjson.loads(after.value).get("from") is None
