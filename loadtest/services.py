@@ -152,6 +152,12 @@ class EtcdCluster:
             state,
             "--initial-cluster-token",
             "anchorage",
+            # Old revisions go after 5 minutes: the directory is rewritten whole on every
+            # change, and history kept forever would fill etcd's quota.
+            "--auto-compaction-mode",
+            "periodic",
+            "--auto-compaction-retention",
+            "5m",
             "--heartbeat-interval",
             "100",
             "--election-timeout",
