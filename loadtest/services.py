@@ -168,6 +168,8 @@ class EtcdCluster:
         self.workdir.mkdir(parents=True, exist_ok=True)
         if self.fixed_ports:
             self.client_ports, self.peer_ports = [2379] * self.size, [2380] * self.size
+        elif self.client_ports:  # given: the peers' ports are picked
+            self.peer_ports = [free_port() for _ in range(self.size)]
         else:
             self.client_ports = [free_port() for _ in range(self.size)]
             self.peer_ports = [free_port() for _ in range(self.size)]
