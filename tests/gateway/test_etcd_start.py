@@ -38,16 +38,20 @@ async def test_processes_wait_for_etcd_and_then_serve(tmp_path):
     logs = {name: (tmp_path / f"{name}.log").open("wb") for name in ("gw", "node")}
     procs = [
         subprocess.Popen(
-            [sys.executable, "-m", "gateway", "--etcd", endpoints, "--admin-listen", admin]
-            + ["--listen", f"127.0.0.1:{free_port()}", "--state-dir", str(tmp_path / "gw")],
+            [
+                *[sys.executable, "-m", "gateway", "--etcd", endpoints, "--admin-listen", admin],
+                *["--listen", f"127.0.0.1:{free_port()}", "--state-dir", str(tmp_path / "gw")],
+            ],
             stdout=logs["gw"],
             stderr=subprocess.STDOUT,
             env=env,
         ),
         subprocess.Popen(
-            [sys.executable, "-m", "backend", "counter", "--etcd", endpoints]
-            + ["--listen", f"127.0.0.1:{free_port()}", "--node-id", "n1", "--store"]
-            + [str(tmp_path / "store.db")],
+            [
+                *[sys.executable, "-m", "backend", "counter", "--etcd", endpoints],
+                *["--listen", f"127.0.0.1:{free_port()}", "--node-id", "n1"],
+                *["--store", str(tmp_path / "store.db")],
+            ],
             stdout=logs["node"],
             stderr=subprocess.STDOUT,
             env={**env, "BACKEND_CREDENTIAL": node_credential("s" * 32, "n1")},
