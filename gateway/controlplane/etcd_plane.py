@@ -113,6 +113,7 @@ class EtcdController(Controller):
         self._base_rev = 0  # events at or below it were in the term's first read
         self._inbox: list[Event] = []
         self._resync = False
+        self._starting = False  # a term is reading its first copy: keep the events
         self._wake = asyncio.Event()
         self._lost = asyncio.Event()
         self._orders: dict[int, str] = {}  # move → the node its release was put for
@@ -132,7 +133,7 @@ class EtcdController(Controller):
         self._wake.set()
 
     def events(self, events: tuple[Event, ...]) -> None:
-        if self.leading:
+        if self.leading or self._starting:  # (a new term drops what its first read saw)
             if len(self._inbox) + len(events) > MAX_INBOX:
                 self._lost.set()
             else:
@@ -199,9 +200,11 @@ class EtcdController(Controller):
         self.terms += 1
         self._lost.clear()
         self._inbox.clear()
+        self._starting = True
         keeper = asyncio.get_running_loop().create_task(self._keep_leading())
         try:
             kvs, rev = await self.client.get(self.layout.root, prefix=True)
+            self._starting = False
             self._start_term({kv.key: kv for kv in kvs}, rev)
             self.leading = True  # events after ``rev`` now go to this term's core
             self.g_leader.set(1)
@@ -226,6 +229,7 @@ class EtcdController(Controller):
                     async with asyncio.timeout(max(next_tick - now, 0.01)):
                         await self._wake.wait()
         finally:
+            self._starting = False
             keeper.cancel()
             with contextlib.suppress(asyncio.CancelledError):
                 await keeper
