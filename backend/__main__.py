@@ -93,7 +93,12 @@ async def serve(cfg: BackendConfig) -> None:
             advertise=parse_hostport(cfg.advertise or f"{host}:{server.port}", "advertise"),
             probe=probe.read,
         )
-        client, transport = etcd_client(parse_endpoints(cfg.etcd))
+        client, transport = etcd_client(
+            parse_endpoints(cfg.etcd),
+            ca_file=cfg.etcd_ca_file,
+            user=cfg.etcd_user,
+            password=cfg.etcd_password,
+        )
         control = EtcdLink(agent, client, Layout(cfg.etcd_prefix), lease_s=cfg.etcd_lease_s)
         log.info("etcd_directory", endpoints=client.endpoints, prefix=cfg.etcd_prefix)
         tasks.append(loop.create_task(control.run()))

@@ -40,6 +40,13 @@ class BackendConfig:
         None, "the directory in etcd (HOST:PORT,HOST:PORT,...) instead of a control endpoint"
     )
     etcd_prefix: str = setting("/anchorage", "the cluster's keys in etcd start with this")
+    etcd_ca_file: str | None = setting(
+        None, "CA bundle: talk to etcd over https, verifying its members against it"
+    )
+    etcd_user: str | None = setting(None, "etcd user (etcd's authentication; none: off)")
+    etcd_password: str | None = setting(
+        None, "the etcd user's password; env or TOML only, never a flag", flag=False
+    )
     etcd_lease_s: int = setting(
         3,
         "this node's etcd lease (whole seconds): it stops serving within it when cut off from etcd",

@@ -8,6 +8,7 @@ turns every network failure into :class:`~clientlib.kernel.etcd.EtcdUnavailable`
 from __future__ import annotations
 
 import asyncio
+import ssl
 from collections.abc import AsyncIterator
 
 import aiohttp
@@ -20,23 +21,26 @@ MAX_ANSWER = 16 << 20
 
 
 class AiohttpTransport:
-    def __init__(self) -> None:
+    def __init__(self, tls: ssl.SSLContext | None = None) -> None:
+        self.tls = tls  # https to the members, verified with it
+        self.scheme = "https" if tls is not None else "http"
         self._session: aiohttp.ClientSession | None = None
 
     def session(self) -> aiohttp.ClientSession:
         if self._session is None or self._session.closed:
             self._session = aiohttp.ClientSession(
-                connector=aiohttp.TCPConnector(limit=32, force_close=False),
+                connector=aiohttp.TCPConnector(limit=32, ssl=self.tls or False),
                 timeout=aiohttp.ClientTimeout(total=None, sock_connect=1.0),
             )
         return self._session
 
     async def call(
-        self, endpoint: str, path: str, body: bytes, timeout: float
+        self, endpoint: str, path: str, body: bytes, timeout: float, headers: dict[str, str]
     ) -> tuple[int, bytes]:
+        url = f"{self.scheme}://{endpoint}{path}"
         try:
             async with asyncio.timeout(timeout):
-                async with self.session().post(f"http://{endpoint}{path}", data=body) as r:
+                async with self.session().post(url, data=body, headers=headers) as r:
                     data = bytearray()
                     async for chunk in r.content.iter_chunked(1 << 16):
                         data += chunk
@@ -46,9 +50,12 @@ class AiohttpTransport:
         except (aiohttp.ClientError, OSError, TimeoutError) as exc:
             raise EtcdUnavailable(f"{type(exc).__name__}: {exc}") from exc
 
-    async def stream(self, endpoint: str, path: str, body: bytes) -> AsyncIterator[bytes]:
+    async def stream(
+        self, endpoint: str, path: str, body: bytes, headers: dict[str, str]
+    ) -> AsyncIterator[bytes]:
+        url = f"{self.scheme}://{endpoint}{path}"
         try:
-            async with self.session().post(f"http://{endpoint}{path}", data=body) as r:
+            async with self.session().post(url, data=body, headers=headers) as r:
                 if r.status != 200:
                     raise EtcdUnavailable(f"watch answered {r.status}")
                 async for chunk in r.content.iter_any():
@@ -61,6 +68,15 @@ class AiohttpTransport:
             await self._session.close()
 
 
-def etcd_client(endpoints: list[str]) -> tuple[EtcdClient, AiohttpTransport]:
-    transport = AiohttpTransport()
-    return EtcdClient(transport, endpoints, sleep=asyncio.sleep), transport
+def etcd_client(
+    endpoints: list[str],
+    *,
+    ca_file: str | None = None,
+    user: str | None = None,
+    password: str | None = None,
+) -> tuple[EtcdClient, AiohttpTransport]:
+    """A client for these members: https verified with ``ca_file`` when given, etcd's
+    authentication when ``user`` is."""
+    transport = AiohttpTransport(ssl.create_default_context(cafile=ca_file) if ca_file else None)
+    creds = (user, password or "") if user else None
+    return EtcdClient(transport, endpoints, sleep=asyncio.sleep, credentials=creds), transport

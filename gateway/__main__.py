@@ -59,7 +59,12 @@ async def serve(cfg: GatewayConfig) -> None:
     if cfg.static_backend:
         directory = StaticDirectory(cfg.static_backend)
     elif cfg.etcd:
-        client, transport = etcd_client(parse_endpoints(cfg.etcd))
+        client, transport = etcd_client(
+            parse_endpoints(cfg.etcd),
+            ca_file=cfg.etcd_ca_file,
+            user=cfg.etcd_user,
+            password=cfg.etcd_password,
+        )
         mirror = EtcdMirror(client, Layout(cfg.etcd_prefix))
         directory = routes = EtcdRoutes(mirror, lease_s=cfg.lease_s)
         log.info("etcd_directory", endpoints=client.endpoints, prefix=cfg.etcd_prefix)

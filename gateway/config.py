@@ -42,6 +42,13 @@ class GatewayConfig:
     election_lease_s: int = setting(
         2, "the leading gateway's etcd lease (whole seconds): a standby takes over within it"
     )
+    etcd_ca_file: str | None = setting(
+        None, "CA bundle: talk to etcd over https, verifying its members against it"
+    )
+    etcd_user: str | None = setting(None, "etcd user (etcd's authentication; none: off)")
+    etcd_password: str | None = setting(
+        None, "the etcd user's password; env or TOML only, never a flag", flag=False
+    )
     gateway_id: str = setting("", "this gateway's name in the election (empty: admin_listen)")
     static_backend: list[str] = setting(
         default_factory=list,

@@ -115,6 +115,7 @@ class EtcdCluster:
     hosts: list[str] = field(default_factory=list)  # one address per member, if given
     wrappers: list[list[str]] = field(default_factory=list)  # per member: where it runs
     fixed_ports: bool = False  # 2379/2380 on every member (each on a host of its own)
+    tls: tuple[Path, Path] | None = None  # (certificate, key): clients speak https
     procs: list[subprocess.Popen[bytes] | None] = field(default_factory=list)
     client_ports: list[int] = field(default_factory=list)
     peer_ports: list[int] = field(default_factory=list)
@@ -131,17 +132,20 @@ class EtcdCluster:
         cluster = ",".join(
             f"m{j}=http://{self.member_host(j)}:{self.peer_ports[j]}" for j in range(self.size)
         )
+        scheme = "https" if self.tls else "http"
+        tls = ["--cert-file", str(self.tls[0]), "--key-file", str(self.tls[1])] if self.tls else []
         return [
             *(self.wrappers[i] if self.wrappers else []),
             "etcd",
+            *tls,
             "--name",
             f"m{i}",
             "--data-dir",
             str(self.workdir / f"m{i}"),
             "--listen-client-urls",
-            f"http://{h}:{self.client_ports[i]}",
+            f"{scheme}://{h}:{self.client_ports[i]}",
             "--advertise-client-urls",
-            f"http://{h}:{self.client_ports[i]}",
+            f"{scheme}://{h}:{self.client_ports[i]}",
             "--listen-peer-urls",
             f"http://{h}:{self.peer_ports[i]}",
             "--initial-advertise-peer-urls",

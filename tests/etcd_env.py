@@ -45,16 +45,16 @@ class CuttableTransport(AiohttpTransport):
         super().__init__()
         self.cut = False
 
-    async def call(self, endpoint, path, body, timeout):
+    async def call(self, endpoint, path, body, timeout, headers):
         if self.cut:
             await asyncio.sleep(min(timeout, 0.05))
             raise EtcdUnavailable("cut off (test)")
-        return await super().call(endpoint, path, body, timeout)
+        return await super().call(endpoint, path, body, timeout, headers)
 
-    async def stream(self, endpoint, path, body):
+    async def stream(self, endpoint, path, body, headers):
         if self.cut:
             raise EtcdUnavailable("cut off (test)")
-        async for chunk in super().stream(endpoint, path, body):
+        async for chunk in super().stream(endpoint, path, body, headers):
             if self.cut:
                 raise EtcdUnavailable("cut off (test)")
             yield chunk

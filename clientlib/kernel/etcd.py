@@ -57,12 +57,14 @@ class EtcdUnavailable(EtcdError):
 
 class Transport(Protocol):
     async def call(
-        self, endpoint: str, path: str, body: bytes, timeout: float
+        self, endpoint: str, path: str, body: bytes, timeout: float, headers: dict[str, str]
     ) -> tuple[int, bytes]:
-        """POST ``body`` to ``http://endpoint/path``: (status, answer). Raises
+        """POST ``body`` to ``endpoint/path`` (http, or https): (status, answer). Raises
         :class:`EtcdUnavailable` when the member cannot be reached in time."""
 
-    def stream(self, endpoint: str, path: str, body: bytes) -> AsyncIterator[bytes]:
+    def stream(
+        self, endpoint: str, path: str, body: bytes, headers: dict[str, str]
+    ) -> AsyncIterator[bytes]:
         """POST and yield the answer's bytes as they come (a watch). Raises
         :class:`EtcdUnavailable` when the member cannot be reached or the stream breaks."""
 
@@ -268,6 +270,7 @@ class EtcdClient:
         attempt_timeout: float = 1.0,
         clock: Callable[[], float] = time.monotonic,
         sleep: Callable[[float], Awaitable[None]] | None = None,
+        credentials: tuple[str, str] | None = None,
     ):
         if not endpoints:
             raise ValueError("no etcd endpoint given")
@@ -279,6 +282,8 @@ class EtcdClient:
         self.sleep = sleep
         self.current = 0  # index of the member calls go to
         self.failovers = 0
+        self.credentials = credentials  # (user, password): etcd's authentication
+        self._token: str | None = None
 
     @property
     def endpoint(self) -> str:
@@ -288,9 +293,33 @@ class EtcdClient:
         self.current = (self.current + 1) % len(self.endpoints)
         self.failovers += 1
 
+    async def _headers(self, deadline: float) -> dict[str, str]:
+        if self.credentials is None:
+            return {}
+        if self._token is None:
+            user, password = self.credentials
+            obj = await self._post(
+                "/v3/auth/authenticate", {"name": user, "password": password}, deadline, {}
+            )
+            self._token = str(obj.get("token", ""))
+            if not self._token:
+                raise EtcdError("authentication: no token in the answer")
+        return {"Authorization": self._token}
+
     async def _call(self, path: str, body: dict[str, Any], timeout: float | None = None) -> Any:
-        data = orjson.dumps(body)
         deadline = self.clock() + (timeout or self.timeout)
+        try:
+            return await self._post(path, body, deadline, await self._headers(deadline))
+        except EtcdError as exc:
+            if self.credentials is None or "auth token" not in str(exc):
+                raise
+            self._token = None  # expired (etcd's simple tokens last 5 minutes): once more
+            return await self._post(path, body, deadline, await self._headers(deadline))
+
+    async def _post(
+        self, path: str, body: dict[str, Any], deadline: float, headers: dict[str, str]
+    ) -> Any:
+        data = orjson.dumps(body)
         last: EtcdUnavailable | None = None
         while True:
             left = deadline - self.clock()
@@ -298,7 +327,7 @@ class EtcdClient:
                 raise last or EtcdUnavailable(f"{path}: no etcd member answered")
             try:
                 status, answer = await self.transport.call(
-                    self.endpoint, path, data, min(left, self.attempt_timeout)
+                    self.endpoint, path, data, min(left, self.attempt_timeout), headers
                 )
                 return _answer(status, answer)
             except EtcdUnavailable as exc:
@@ -384,7 +413,8 @@ class EtcdClient:
             req["start_revision"] = str(start_revision)
         splitter = LineSplitter()
         body = orjson.dumps({"create_request": req})
-        async for chunk in self.transport.stream(self.endpoint, "/v3/watch", body):
+        headers = await self._headers(self.clock() + self.timeout)
+        async for chunk in self.transport.stream(self.endpoint, "/v3/watch", body, headers):
             for line in splitter.feed(chunk):
                 batch = parse_watch(line)
                 if batch.canceled:

@@ -32,14 +32,14 @@ class Scripted:
         self.script = script
         self.calls: list[tuple[str, str]] = []
 
-    async def call(self, endpoint, path, body, timeout):
+    async def call(self, endpoint, path, body, timeout, headers):
         self.calls.append((endpoint, path))
         answer = self.script[endpoint].pop(0)
         if isinstance(answer, Exception):
             raise answer
         return answer
 
-    async def stream(self, endpoint, path, body):
+    async def stream(self, endpoint, path, body, headers):
         for chunk in self.script[endpoint]:
             yield chunk
 
@@ -129,11 +129,11 @@ def test_no_member_answers_in_time():
     clock = [0.0]
 
     class Down:
-        async def call(self, endpoint, path, body, timeout):
+        async def call(self, endpoint, path, body, timeout, headers):
             clock[0] += timeout
             raise EtcdUnavailable("timed out")
 
-        def stream(self, endpoint, path, body):
+        def stream(self, endpoint, path, body, headers):
             raise NotImplementedError
 
     c = EtcdClient(Down(), ["a:1", "b:2"], timeout=3, clock=lambda: clock[0])
