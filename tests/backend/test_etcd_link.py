@@ -38,13 +38,15 @@ async def test_registration_is_refused_while_another_incarnation_holds_the_id(et
     assert await second._register()
     assert second.agent.node.serving()
     await second.close()
+    for link in (first, second):
+        await link.client.transport.close()
 
 
 async def test_a_node_cut_off_from_etcd_stops_serving_before_its_key_expires(etcd, layout):
     link, transport = etcd_node(etcd, layout, "n1", lease_s=2)
     node = link.agent.node
     run = asyncio.create_task(link.run())
-    watcher, _ = client(etcd)
+    watcher, wt = client(etcd)
     try:
         await until(node.serving, 10, "registration")
         await asyncio.sleep(1.5)  # a few keep-alives: the lease is renewed
@@ -69,14 +71,16 @@ async def test_a_node_cut_off_from_etcd_stops_serving_before_its_key_expires(etc
         transport.cut = False
         await until(node.serving, 10, "registering again once etcd is back")
     finally:
+        await wt.close()
         await _stop(run)
         await link.close()
+        await link.client.transport.close()
 
 
 async def test_orders_are_carried_out_and_answered(etcd, layout):
     link, _ = etcd_node(etcd, layout, "n1")
     run = asyncio.create_task(link.run())
-    c, _ = client(etcd)
+    c, ct = client(etcd)
     try:
         await until(link.registered.is_set, 10, "registration")
         release = cp.Release(7, 99, ((("slot", 3), "n2"),))
@@ -100,5 +104,7 @@ async def test_orders_are_carried_out_and_answered(etcd, layout):
         await c.put(layout.left("n1"), cp.encode(cp.Left()))
         assert await leaving
     finally:
+        await ct.close()
         await _stop(run)
         await link.close()
+        await link.client.transport.close()
