@@ -18,10 +18,14 @@ from backend.apps import APPS
 from backend.config import BackendConfig
 from backend.control_agent import ControlAgent
 from backend.control_client import ControlClient, LoopProbe
+from backend.etcd_link import EtcdLink
+from backend.etcd_transport import etcd_client
 from backend.load import LoadMeter
 from backend.node import Node
 from backend.redis_store import open_store
 from backend.server import BackendServer
+from clientlib.kernel.etcd import parse_endpoints
+from clientlib.kernel.etcd_layout import Layout
 from clientlib.kernel.logsetup import configure_logging
 from clientlib.kernel.session_protocol import CloseCode, CloseHint
 from clientlib.kernel.settings import (
@@ -79,10 +83,26 @@ async def serve(cfg: BackendConfig) -> None:
     )
     probe = LoopProbe()
     probe.start()
-    control: ControlClient | None = None
+    control: ControlClient | EtcdLink | None = None
     loop = asyncio.get_running_loop()
     tasks: list[asyncio.Task[Any]] = []
-    if cfg.control:
+    if cfg.etcd:
+        agent = ControlAgent(
+            node,
+            meter,
+            advertise=parse_hostport(cfg.advertise or f"{host}:{server.port}", "advertise"),
+            probe=probe.read,
+        )
+        client, transport = etcd_client(
+            parse_endpoints(cfg.etcd),
+            ca_file=cfg.etcd_ca_file,
+            user=cfg.etcd_user,
+            password=cfg.etcd_password,
+        )
+        control = EtcdLink(agent, client, Layout(cfg.etcd_prefix), lease_s=cfg.etcd_lease_s)
+        log.info("etcd_directory", endpoints=client.endpoints, prefix=cfg.etcd_prefix)
+        tasks.append(loop.create_task(control.run()))
+    elif cfg.control:
         assert cfg.credential is not None
         agent = ControlAgent(
             node,
@@ -110,11 +130,16 @@ async def serve(cfg: BackendConfig) -> None:
     log.info("backend_stopping", keys=len(node.keys), sessions=node.session_count)
     node.stop()
     handed_off = await control.leave() if control is not None else False
+    if isinstance(control, EtcdLink):
+        await control.close()  # the lease back: this node's keys go at once
     hint = CloseHint(window_ms=node.moved_window_ms(node.session_count)).encode()
     node.close_all(CloseCode.MOVED if handed_off else CloseCode.SERVICE_RESTART, hint)
     await server.close_all(CloseCode.MOVED if handed_off else CloseCode.SERVICE_RESTART, hint)
     for t in tasks:
         t.cancel()
+    if isinstance(control, EtcdLink):
+        await asyncio.gather(*tasks, return_exceptions=True)
+        await transport.close()
     with contextlib.suppress(Exception):
         assert server.server is not None
         server.server.close()

@@ -11,6 +11,8 @@ from __future__ import annotations
 from dataclasses import dataclass
 from typing import Literal
 
+from clientlib.kernel.etcd import parse_endpoints
+from clientlib.kernel.etcd_layout import Layout
 from clientlib.kernel.settings import ConfigError, parse_hostport, setting
 
 __all__ = ["DURABILITY_MODES", "BackendConfig", "Durability"]
@@ -34,6 +36,21 @@ class BackendConfig:
     durability: Durability = setting("handoff", "handoff | checkpoint | write-through")
     checkpoint_s: float = setting(5.0, "checkpoint mode: changed keys are written this often")
     control: str | None = setting(None, "control endpoint, ws://HOST:PORT/v1/control")
+    etcd: str | None = setting(
+        None, "the directory in etcd (HOST:PORT,HOST:PORT,...) instead of a control endpoint"
+    )
+    etcd_prefix: str = setting("/anchorage", "the cluster's keys in etcd start with this")
+    etcd_ca_file: str | None = setting(
+        None, "CA bundle: talk to etcd over https, verifying its members against it"
+    )
+    etcd_user: str | None = setting(None, "etcd user (etcd's authentication; none: off)")
+    etcd_password: str | None = setting(
+        None, "the etcd user's password; env or TOML only, never a flag", flag=False
+    )
+    etcd_lease_s: int = setting(
+        3,
+        "this node's etcd lease (whole seconds): it stops serving within it when cut off from etcd",
+    )
     credential: str | None = setting(
         None, "this node's credential (python -m gateway credential NODE_ID)", flag=False
     )
@@ -73,15 +90,28 @@ class BackendConfig:
             raise ConfigError("config: capacity must be > 0 (messages/s)")
         if not 0 < self.low_water < self.high_water:
             raise ConfigError("config: need 0 < low_water < high_water")
-        if self.control and not self.credential:
+        if self.control and self.etcd:
+            raise ConfigError("config: control and etcd exclude each other (one directory)")
+        if self.etcd:
+            try:
+                parse_endpoints(self.etcd)
+                Layout(self.etcd_prefix)
+            except ValueError as exc:
+                raise ConfigError(f"config: etcd: {exc}") from None
+            if "/" in self.node_id:
+                raise ConfigError("config: node_id: no / in a node id with etcd")
+            if self.etcd_lease_s < 2:
+                raise ConfigError("config: etcd_lease_s must be >= 2 (whole seconds)")
+        if (self.control or self.etcd) and not self.credential:
             raise ConfigError(
-                "config: control needs this node's credential (BACKEND_CREDENTIAL; "
-                "print it with: python -m gateway credential NODE_ID)"
+                f"config: {'control' if self.control else 'etcd'} needs this node's credential "
+                "(BACKEND_CREDENTIAL; print it with: python -m gateway credential NODE_ID)"
             )
-        if not self.control and not self.direct:
+        if not self.control and not self.etcd and not self.direct:
             raise ConfigError(
-                "config: without control, a backend serves clients directly: say --direct on "
-                "(development only), or give --control and the node's credential"
+                "config: without control or etcd, a backend serves clients directly: say "
+                "--direct on (development only), or give --control (or --etcd) and the "
+                "node's credential"
             )
         if (self.tls_cert is None) != (self.tls_key is None):
             raise ConfigError("config: tls_cert and tls_key go together")

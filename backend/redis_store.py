@@ -18,13 +18,14 @@ from __future__ import annotations
 from typing import Any, Final
 from urllib.parse import urlsplit
 
+import orjson
 import redis
 
 from backend.store import StaleEpoch, StoredState, StoreError
 
 __all__ = ["RedisStore"]
 
-# KEYS: the record, the max-epoch key. ARGV: epoch, owner, blob.
+# KEYS: the record, the max-epoch key, the fence counters. ARGV: epoch, owner, blob.
 # Returns {1} when written, {0, stored_epoch, stored_owner} when fenced off.
 _SAVE: Final = """
 local cur = redis.call('HMGET', KEYS[1], 'epoch', 'owner')
@@ -32,9 +33,11 @@ local epoch = tonumber(ARGV[1])
 if cur[1] then
   local stored = tonumber(cur[1])
   if epoch < stored or (epoch == stored and cur[2] ~= ARGV[2]) then
+    redis.call('HINCRBY', KEYS[3], 'refused', 1)
     return {0, stored, cur[2]}
   end
 end
+redis.call('HINCRBY', KEYS[3], 'accepted', 1)
 redis.call('HSET', KEYS[1], 'epoch', ARGV[1], 'owner', ARGV[2], 'blob', ARGV[3])
 local top = tonumber(redis.call('GET', KEYS[2]) or '0')
 if epoch > top then redis.call('SET', KEYS[2], ARGV[1]) end
@@ -70,6 +73,7 @@ class RedisStore:
         self._save = self._r.register_script(_SAVE)
         self._delete = self._r.register_script(_DELETE)
         self._max_key = f"{prefix}max_epoch"
+        self._fence_key = f"{prefix}fence"  # writes accepted and refused, for the loadtest
 
     def _key(self, key: str) -> str:
         return f"{self.prefix}state:{key}"
@@ -85,7 +89,9 @@ class RedisStore:
 
     def save(self, key: str, epoch: int, owner: str, blob: bytes) -> None:
         try:
-            res = self._save(keys=[self._key(key), self._max_key], args=[epoch, owner, blob])
+            res = self._save(
+                keys=[self._key(key), self._max_key, self._fence_key], args=[epoch, owner, blob]
+            )
         except redis.RedisError as exc:
             raise StoreError(f"save {key!r}: {exc}") from exc
         if int(res[0]) == 0:
@@ -105,6 +111,27 @@ class RedisStore:
         except redis.RedisError as exc:
             raise StoreError(f"max_epoch: {exc}") from exc
         return int(v or 0)
+
+    def fence_counts(self) -> dict[str, int]:
+        """Writes the fence accepted and refused since the store began (``save`` only)."""
+        try:
+            raw = self._r.hgetall(self._fence_key)
+        except redis.RedisError as exc:
+            raise StoreError(f"fence counts: {exc}") from exc
+        return {k.decode(): int(v) for k, v in raw.items()}
+
+    def counts(self) -> dict[str, int]:
+        """Each key's ``count`` (the counter app's state): the loadtest's ground truth."""
+        out: dict[str, int] = {}
+        try:
+            for rk in self._r.scan_iter(match=f"{self.prefix}state:*", count=1000):
+                blob = self._r.hget(rk, "blob")
+                state = orjson.loads(blob).get("state") if blob else None
+                if isinstance(state, dict) and "count" in state:
+                    out[rk.decode()[len(self.prefix) + 6 :]] = int(state["count"])
+        except redis.RedisError as exc:
+            raise StoreError(f"counts: {exc}") from exc
+        return out
 
     def close(self) -> None:
         self._r.close()

@@ -12,6 +12,8 @@ import structlog
 import uvloop
 
 from clientlib.kernel.credentials import node_credential
+from clientlib.kernel.etcd import parse_endpoints
+from clientlib.kernel.etcd_layout import Layout
 from clientlib.kernel.logsetup import configure_logging
 from clientlib.kernel.settings import (
     ConfigError,
@@ -24,6 +26,9 @@ from gateway.config import GatewayConfig
 from gateway.controlplane.controller import Controller
 from gateway.controlplane.core import CoreConfig
 from gateway.controlplane.directory import EmbeddedDirectory
+from gateway.controlplane.etcd_plane import EtcdController
+from gateway.etcd_routes import EtcdMirror, EtcdRoutes
+from gateway.etcd_transport import etcd_client
 from gateway.route_source import RouteSource, StaticDirectory
 from gateway.server import Gateway
 
@@ -49,22 +54,52 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
 async def serve(cfg: GatewayConfig) -> None:
     directory: RouteSource
     edir: EmbeddedDirectory | None = None
+    mirror: EtcdMirror | None = None
+    routes: EtcdRoutes | None = None
     if cfg.static_backend:
         directory = StaticDirectory(cfg.static_backend)
+    elif cfg.etcd:
+        client, transport = etcd_client(
+            parse_endpoints(cfg.etcd),
+            ca_file=cfg.etcd_ca_file,
+            user=cfg.etcd_user,
+            password=cfg.etcd_password,
+        )
+        mirror = EtcdMirror(client, Layout(cfg.etcd_prefix))
+        directory = routes = EtcdRoutes(mirror, lease_s=cfg.lease_s)
+        log.info("etcd_directory", endpoints=client.endpoints, prefix=cfg.etcd_prefix)
     elif cfg.control_secret:
         edir = EmbeddedDirectory(cfg.state_dir, lease_s=cfg.lease_s)
         directory = edir
     else:
         raise ConfigError(
             "config: give --static-backend HOST:PORT (repeatable) or "
-            "--control-secret to let backends register"
+            "--control-secret to let backends register (with --etcd: through etcd)"
         )
     token, token_file = admin_token(cfg)
     if token_file is not None:
         log.info("admin_token_written", path=str(token_file))
     gw = Gateway(cfg, directory)
-    controller = None
-    if edir is not None:
+    controller: Controller | None = None
+    if mirror is not None and routes is not None:
+        assert cfg.control_secret is not None
+        controller = EtcdController(
+            mirror.client,
+            mirror,
+            cfg.control_secret,
+            gw.metrics,
+            gateway_id=cfg.gateway_id,
+            admin=cfg.admin_listen,
+            election_lease_s=cfg.election_lease_s,
+            node_lease_s=cfg.lease_s,
+            config=CoreConfig(rebalance=cfg.rebalance),
+            routes_ready=routes.ready,
+        )
+        gw.admission = controller.admission
+        gw.credential_of = controller.endpoint.credential
+        mirror.start()
+        controller.start()
+    elif edir is not None:
         assert cfg.control_secret is not None
         controller = Controller(
             edir, cfg.control_secret, gw.metrics, config=CoreConfig(rebalance=cfg.rebalance)
@@ -88,6 +123,9 @@ async def serve(cfg: GatewayConfig) -> None:
         # POST /v1/undrain reopened the gateway before its drain was over: keep serving.
     if controller is not None:
         await controller.close()
+    if mirror is not None:
+        await mirror.close()
+        await transport.close()
     await admin.close()
     await gw.close()
 

@@ -201,8 +201,9 @@ class AdminAPI:
 
     async def readyz(self, request: web.Request) -> web.Response:
         ready = not self.gw.draining and (self.controller is None or self.controller.ready())
+        note = self.controller.stale_note() if self.controller is not None else ""
         return web.Response(
-            text="ready\n" if ready else "not ready\n", status=200 if ready else 503
+            text=("ready\n" if ready else "not ready\n") + note, status=200 if ready else 503
         )
 
     async def metrics(self, request: web.Request) -> web.Response:

@@ -10,6 +10,8 @@ from __future__ import annotations
 
 from dataclasses import dataclass
 
+from clientlib.kernel.etcd import parse_endpoints
+from clientlib.kernel.etcd_layout import Layout
 from clientlib.kernel.settings import ConfigError, parse_hostport, setting
 
 __all__ = ["GatewayConfig"]
@@ -33,6 +35,21 @@ class GatewayConfig:
     control_secret: str | None = setting(
         None, "enables the control plane; backends authenticate with it"
     )
+    etcd: str | None = setting(
+        None, "the directory in etcd (HOST:PORT,HOST:PORT,...): several gateways, one elected"
+    )
+    etcd_prefix: str = setting("/anchorage", "the cluster's keys in etcd start with this")
+    election_lease_s: int = setting(
+        2, "the leading gateway's etcd lease (whole seconds): a standby takes over within it"
+    )
+    etcd_ca_file: str | None = setting(
+        None, "CA bundle: talk to etcd over https, verifying its members against it"
+    )
+    etcd_user: str | None = setting(None, "etcd user (etcd's authentication; none: off)")
+    etcd_password: str | None = setting(
+        None, "the etcd user's password; env or TOML only, never a flag", flag=False
+    )
+    gateway_id: str = setting("", "this gateway's name in the election (empty: admin_listen)")
     static_backend: list[str] = setting(
         default_factory=list,
         help="a plain WebSocket backend, hashed consistently by key",
@@ -91,6 +108,21 @@ class GatewayConfig:
             parse_hostport(b, "static_backend")
         if self.static_backend and self.control_secret:
             raise ConfigError("config: static_backend and control_secret exclude each other")
+        if self.etcd:
+            try:
+                parse_endpoints(self.etcd)
+                Layout(self.etcd_prefix)
+            except ValueError as exc:
+                raise ConfigError(f"config: etcd: {exc}") from None
+            if not self.control_secret:
+                raise ConfigError(
+                    "config: etcd needs control_secret (routes are signed with the nodes' "
+                    "credentials, derived from it)"
+                )
+            if self.election_lease_s < 1:
+                raise ConfigError("config: election_lease_s must be >= 1 (whole seconds)")
+        if not self.gateway_id:
+            object.__setattr__(self, "gateway_id", self.admin_listen)
         if (self.tls_cert is None) != (self.tls_key is None):
             raise ConfigError("config: tls_cert and tls_key go together")
         if (self.backend_tls_cert is None) != (self.backend_tls_key is None):

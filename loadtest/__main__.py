@@ -52,6 +52,13 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
     r.add_argument("--admin-token")
     r.add_argument("--token", help="client token for the --target gateway")
     r.add_argument("--quiet", action="store_true", help="no progress line")
+    r.add_argument(
+        "--cluster",
+        action="store_true",
+        help="a cluster topology: 3 etcd members, 3 gateways, the backends and Redis, each "
+        "on a host of its own (network namespaces; loopback addresses where none can be made)",
+    )
+    r.add_argument("--cluster-tag", help=argparse.SUPPRESS)
     b = sub.add_parser("bench", help="benchmarks that write docs/benchmarks.md")
     b.add_argument("what", choices=["relay", "backend", "slow-reader"])
     b.add_argument("--duration", type=float, default=10.0, help="seconds per system")
@@ -61,6 +68,7 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
         "--write", default="docs/benchmarks.md", help="markdown file to update ('' to skip)"
     )
     from loadtest.attack import add_parser as add_attack_parser
+    from loadtest.cluster_faults import add_parser as add_cluster_parser
     from loadtest.netfault import add_parser
 
     add_parser(sub)
@@ -68,11 +76,19 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
     from loadtest.attack_backend import add_parser as add_backend_attack_parser
 
     add_backend_attack_parser(sub)
+    add_cluster_parser(sub)
     return p.parse_args(argv)
 
 
 def main(argv: list[str] | None = None) -> None:
     args = parse_args(argv)
+    if getattr(args, "cluster", False) and args.cluster_tag is None:
+        # Re-run on a client host of a new set of namespaces (None: loopback fallback).
+        from loadtest.cluster import on_client_host
+
+        rc = on_client_host(list(sys.argv[1:] if argv is None else argv), "--cluster-tag")
+        if rc is not None:
+            sys.exit(rc)
     if args.cmd == "netfault":
         from loadtest.netfault import FAULTS
         from loadtest.netfault import main as netfault_main
@@ -83,6 +99,12 @@ def main(argv: list[str] | None = None) -> None:
         from loadtest.attack_backend import main as backend_attack_main
 
         sys.exit(backend_attack_main(args))
+    if args.cmd == "cluster-faults":
+        from loadtest.cluster_faults import FAULTS as CLUSTER_FAULTS
+        from loadtest.cluster_faults import main as cluster_main
+
+        args.fault = args.fault or list(CLUSTER_FAULTS)
+        sys.exit(cluster_main(args))
     if args.cmd == "attack":
         from loadtest.attack import main as attack_main
 

@@ -8,6 +8,7 @@ import sys
 from pathlib import Path
 from typing import Any
 
+from loadtest.cluster import Hosts
 from loadtest.report import plot, table, write_json
 from loadtest.run import Runner, Target
 from loadtest.scenario import Scenario
@@ -42,7 +43,12 @@ async def run_and_report(sc: Scenario, out: Path, args: argparse.Namespace) -> i
     for name, variant in variants:
         sub = out / name if args.compare else out
         print(f"== {variant.name} ({name}): {variant.description}", file=sys.stderr)
-        data = await Runner(variant, sub, target, quiet=args.quiet).run()
+        hosts = None
+        if args.cluster:
+            hosts = Hosts(tag=args.cluster_tag or "", netns=args.cluster_tag is not None)
+            if args.cluster_tag:
+                hosts.adopt_client()
+        data = await Runner(variant, sub, target, quiet=args.quiet, cluster=hosts).run()
         runs[name] = results(data)
         write_json(sub / "results.json", runs[name])
     if args.compare:

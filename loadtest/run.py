@@ -18,6 +18,7 @@ import aiohttp
 import orjson
 
 from clientlib.kernel.routing import slot_of
+from loadtest.cluster import ClusterTopology, Hosts
 from loadtest.model import ClientSpec, Hotspot, build_clients, capacity_for
 from loadtest.scenario import Scenario
 from loadtest.stats import summarize
@@ -65,8 +66,17 @@ def pick_keys(
     return keys
 
 
-def read_counts(store: Path) -> dict[str, int]:
-    """Ground truth: each key's final counter, from the backends' shared state store."""
+def read_counts(store: Path | str) -> dict[str, int]:
+    """Ground truth: each key's final counter, from the backends' shared state store
+    (an SQLite file, or Redis)."""
+    if isinstance(store, str) and store.startswith(("redis://", "rediss://")):
+        from backend.redis_store import RedisStore
+
+        rs = RedisStore(store)
+        try:
+            return rs.counts()
+        finally:
+            rs.close()
     db = sqlite3.connect(f"file:{store}?mode=ro", uri=True)
     try:
         out: dict[str, int] = {}
@@ -80,13 +90,21 @@ def read_counts(store: Path) -> dict[str, int]:
 
 
 class Runner:
-    def __init__(self, sc: Scenario, out: Path, target: Target | None = None, quiet: bool = False):
+    def __init__(
+        self,
+        sc: Scenario,
+        out: Path,
+        target: Target | None = None,
+        quiet: bool = False,
+        cluster: Hosts | None = None,
+    ):
         self.sc = sc
+        self.cluster = cluster  # the hosts of a cluster topology (etcd, gateways, Redis)
         self.out = out
         self.target = target
         self.quiet = quiet
         self.data = RunData(sc)
-        self.topo: Topology | None = None
+        self.topo: Topology | ClusterTopology | None = None
 
     def say(self, msg: str) -> None:
         if not self.quiet:
@@ -98,7 +116,23 @@ class Runner:
         total = sc.clients * sc.rate
         cap = sc.capacity or capacity_for(total, sc.backends, sc.hotspot_share)
         self.data.capacity = cap
-        if self.target is None:
+        if self.target is None and self.cluster is not None:
+            self.topo = ClusterTopology(
+                self.out / "topology",
+                self.cluster,
+                backends=sc.backends,
+                capacity=cap,
+                durability=sc.durability,
+                rebalance=sc.rebalance,
+            )
+            how = "network namespaces" if self.cluster.netns else "loopback addresses"
+            self.say(
+                f"starting a cluster on {how}: 3 etcd members, 3 gateways, {sc.backends} "
+                f"backends, Redis (capacity {cap:.0f} msg/s each, durability "
+                f"{sc.durability}); logs in {self.topo.workdir}"
+            )
+            await self.topo.start()
+        elif self.target is None:
             self.topo = Topology(
                 self.out / "topology",
                 backends=sc.backends,
@@ -117,8 +151,16 @@ class Runner:
         finally:
             if self.topo is not None:
                 self.say("stopping the topology (backends flush their state)")
-                await asyncio.get_running_loop().run_in_executor(None, self.topo.stop)
-                self.data.final_counts = read_counts(self.topo.store)
+                loop = asyncio.get_running_loop()
+                if isinstance(self.topo, ClusterTopology):
+                    await loop.run_in_executor(None, self.topo.stop_processes)
+                    try:
+                        self.data.final_counts = read_counts(self.topo.store)
+                    finally:
+                        self.topo.stop_services()
+                else:
+                    await loop.run_in_executor(None, self.topo.stop)
+                    self.data.final_counts = read_counts(self.topo.store)
 
     async def _admin(self, s: aiohttp.ClientSession, path: str) -> dict[str, Any] | None:
         if self.topo is not None:
@@ -175,7 +217,13 @@ class Runner:
                     for i in range(sc.flash_clients)
                 ]
             d.t0 = time.time() + 1.0
-            url = self.topo.url if self.topo else self.target.url  # type: ignore[union-attr]
+            url: str | list[str] = (
+                self.topo.urls
+                if isinstance(self.topo, ClusterTopology)
+                else self.topo.url
+                if self.topo
+                else self.target.url  # type: ignore[union-attr]
+            )
             token = self.target.token if self.target else None
             ctx = multiprocessing.get_context("spawn")
             q: multiprocessing.Queue[Any] = ctx.Queue()

@@ -53,6 +53,7 @@ class RedisServer:
     host: str = "127.0.0.1"
     port: int = 0
     appendfsync: str = "always"
+    wrap: list[str] = field(default_factory=list)  # a command prefix: where it runs
     proc: subprocess.Popen[bytes] | None = None
 
     @property
@@ -65,6 +66,7 @@ class RedisServer:
         log = (self.workdir / "redis.log").open("ab")
         self.proc = subprocess.Popen(
             [
+                *self.wrap,
                 "redis-server",
                 "--bind",
                 self.host,
@@ -111,6 +113,9 @@ class EtcdCluster:
     size: int = 1
     host: str = "127.0.0.1"
     hosts: list[str] = field(default_factory=list)  # one address per member, if given
+    wrappers: list[list[str]] = field(default_factory=list)  # per member: where it runs
+    fixed_ports: bool = False  # 2379/2380 on every member (each on a host of its own)
+    tls: tuple[Path, Path] | None = None  # (certificate, key): clients speak https
     procs: list[subprocess.Popen[bytes] | None] = field(default_factory=list)
     client_ports: list[int] = field(default_factory=list)
     peer_ports: list[int] = field(default_factory=list)
@@ -127,16 +132,20 @@ class EtcdCluster:
         cluster = ",".join(
             f"m{j}=http://{self.member_host(j)}:{self.peer_ports[j]}" for j in range(self.size)
         )
+        scheme = "https" if self.tls else "http"
+        tls = ["--cert-file", str(self.tls[0]), "--key-file", str(self.tls[1])] if self.tls else []
         return [
+            *(self.wrappers[i] if self.wrappers else []),
             "etcd",
+            *tls,
             "--name",
             f"m{i}",
             "--data-dir",
             str(self.workdir / f"m{i}"),
             "--listen-client-urls",
-            f"http://{h}:{self.client_ports[i]}",
+            f"{scheme}://{h}:{self.client_ports[i]}",
             "--advertise-client-urls",
-            f"http://{h}:{self.client_ports[i]}",
+            f"{scheme}://{h}:{self.client_ports[i]}",
             "--listen-peer-urls",
             f"http://{h}:{self.peer_ports[i]}",
             "--initial-advertise-peer-urls",
@@ -147,6 +156,12 @@ class EtcdCluster:
             state,
             "--initial-cluster-token",
             "anchorage",
+            # Old revisions go after 5 minutes: the directory is rewritten whole on every
+            # change, and history kept forever would fill etcd's quota.
+            "--auto-compaction-mode",
+            "periodic",
+            "--auto-compaction-retention",
+            "5m",
             "--heartbeat-interval",
             "100",
             "--election-timeout",
@@ -155,8 +170,13 @@ class EtcdCluster:
 
     def start(self) -> EtcdCluster:
         self.workdir.mkdir(parents=True, exist_ok=True)
-        self.client_ports = [free_port() for _ in range(self.size)]
-        self.peer_ports = [free_port() for _ in range(self.size)]
+        if self.fixed_ports:
+            self.client_ports, self.peer_ports = [2379] * self.size, [2380] * self.size
+        elif self.client_ports:  # given: the peers' ports are picked
+            self.peer_ports = [free_port() for _ in range(self.size)]
+        else:
+            self.client_ports = [free_port() for _ in range(self.size)]
+            self.peer_ports = [free_port() for _ in range(self.size)]
         self.procs = [None] * self.size
         for i in range(self.size):
             self.start_member(i, "new")

@@ -33,6 +33,7 @@ class Proc:
     args: list[str]
     log: Path
     env: dict[str, str] = field(default_factory=dict)
+    wrap: list[str] = field(default_factory=list)  # e.g. ip netns exec NS: where it runs
     popen: subprocess.Popen[bytes] | None = None
     _fh: IO[bytes] | None = None
 
@@ -40,7 +41,7 @@ class Proc:
         self._fh = self.log.open("ab")
         env = {**os.environ, "PYTHONUNBUFFERED": "1", **self.env}
         self.popen = subprocess.Popen(
-            [sys.executable, *self.args],
+            [*self.wrap, sys.executable, *self.args],
             stdout=self._fh,
             stderr=subprocess.STDOUT,
             env=env,

@@ -33,7 +33,7 @@ def new_hist() -> HdrHistogram:
 @dataclass
 class WorkerJob:
     worker: int
-    url: str
+    url: str | list[str]  # several: a cluster's gateways (the client fails over)
     specs: list[ClientSpec]
     t0: float  # time.time() of the run's start
     duration: float

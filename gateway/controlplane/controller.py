@@ -67,6 +67,10 @@ class Controller:
     def ready(self) -> bool:
         return self.core.ready()
 
+    def stale_note(self) -> str:
+        """A line for ``/readyz`` when routes come from a copy that may be out of date."""
+        return ""
+
     def admission(self) -> int | None:
         """Retry-After (seconds) for new upgrades while the fleet sheds load, else None."""
         return 2 if self.core.state.shedding else None

@@ -108,3 +108,12 @@ def test_a_restarted_redis_keeps_acknowledged_writes(tmp_path):
 def test_open_store_picks_by_spec(redis_server, tmp_path):
     assert isinstance(open_store(redis_server.url), RedisStore)
     assert isinstance(open_store(str(tmp_path / "x.db")), SQLiteStore)
+
+
+def test_fence_counts_and_counter_values(rstore):
+    rstore.save("c1", 1, "a", b'{"state": {"count": 3}}')
+    rstore.save("c2", 1, "a", b'{"state": {"count": 5}}')
+    with pytest.raises(StaleEpoch):
+        rstore.save("c1", 1, "b", b'{"state": {"count": 9}}')
+    assert rstore.fence_counts() == {"accepted": 2, "refused": 1}
+    assert rstore.counts() == {"c1": 3, "c2": 5}
