@@ -206,7 +206,7 @@ class AdminAPI:
         )
 
     async def metrics(self, request: web.Request) -> web.Response:
-        self.gw.metrics.connections.set(len(self.gw.conns))
+        self.gw.refresh_metrics()
         return web.Response(
             body=generate_latest(self.gw.metrics.registry),
             headers={"Content-Type": CONTENT_TYPE_LATEST},

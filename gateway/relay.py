@@ -281,6 +281,8 @@ class ClientSide(asyncio.Protocol):
     def handshake_data(self, data: bytes) -> None:
         if self.parser is None:
             return  # refused at the door
+        if not self.parser.fed:
+            self.started = time.monotonic()  # the upgrade's first byte (after TLS, if any)
         try:
             up = self.parser.feed(data)
             if up is None:
@@ -314,7 +316,9 @@ class ClientSide(asyncio.Protocol):
         self.backend = backend
         self.node = backend.node
         self.state = RELAY
-        self.host.metrics.upgraded.inc()
+        metrics = self.host.metrics
+        metrics.upgraded.inc()
+        metrics.upgrade_seconds.observe(time.monotonic() - self.started)
         _keepalive(self.transport)
         self.transport.write(switching_protocols(headers))
         backend.relaying = True
