@@ -20,6 +20,7 @@ from websockets.asyncio.client import connect
 
 __all__ = [
     "cpu_s",
+    "cpu_split",
     "drive",
     "idle_conns",
     "proc_tree",
@@ -43,16 +44,22 @@ def proc_tree(pid: int) -> list[int]:
     return pids
 
 
-def cpu_s(pid: int) -> float:
-    """User + system CPU seconds of a process and its children (a gateway's workers)."""
-    total = 0
+def cpu_split(pid: int) -> tuple[float, float]:
+    """User and system CPU seconds of a process and its children (a gateway's workers)."""
+    user = system = 0
     for p in proc_tree(pid):
         try:
             fields = Path(f"/proc/{p}/stat").read_text().rsplit(")", 1)[1].split()
         except OSError:
             continue
-        total += int(fields[11]) + int(fields[12])  # utime + stime
-    return total / TICK
+        user += int(fields[11])
+        system += int(fields[12])
+    return user / TICK, system / TICK
+
+
+def cpu_s(pid: int) -> float:
+    """User + system CPU seconds of a process and its children."""
+    return sum(cpu_split(pid))
 
 
 def rss_kib(pid: int) -> int:
