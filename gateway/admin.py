@@ -84,10 +84,20 @@ def bearer_ok(request: web.Request, secret: str | None) -> bool:
 
 
 class AdminAPI:
-    def __init__(self, gw: Gateway, controller: Controller | None, token: str):
+    def __init__(
+        self,
+        gw: Gateway,
+        controller: Controller | None,
+        token: str,
+        *,
+        ready: Callable[[], bool] | None = None,
+    ):
+        """``ready``: whether the routes can serve, when no controller here says so (a
+        worker that routes from worker 0's state file)."""
         self.gw = gw
         self.controller = controller
         self.token = token
+        self.routes_ready = ready or (controller.ready if controller else (lambda: True))
         self.app = web.Application(middlewares=[self._guarded, self._auth], client_max_size=1 << 16)
         r = self.app.router
         r.add_get("/healthz", self.healthz)
@@ -200,7 +210,7 @@ class AdminAPI:
         return web.Response(text="ok\n")
 
     async def readyz(self, request: web.Request) -> web.Response:
-        ready = not self.gw.draining and (self.controller is None or self.controller.ready())
+        ready = not self.gw.draining and self.routes_ready()
         return web.Response(
             text="ready\n" if ready else "not ready\n", status=200 if ready else 503
         )

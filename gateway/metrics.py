@@ -111,6 +111,12 @@ class GatewayMetrics:
             buckets=LATENCY_BUCKETS,
             registry=r,
         )
+        self.route_reloads = Counter(
+            "gateway_route_reloads",
+            "Workers 1..N-1: re-reads of the control plane's state file, by result",
+            ["result"],
+            registry=r,
+        )
         self.traffic = TrafficCounters(self)
 
 

@@ -117,7 +117,13 @@ class Gateway:
         host, port = parse_hostport(self.config.listen, "listen")
         # TLS (self.tls) is started by each connection once it is counted (relay.py).
         self.server = await self.loop.create_server(
-            lambda: ClientSide(self), host, port, backlog=4096, reuse_address=True
+            lambda: ClientSide(self),
+            host,
+            port,
+            backlog=4096,
+            reuse_address=True,
+            # Several workers share the port; the kernel spreads connections over them.
+            reuse_port=self.config.workers > 1,
         )
         self._sweeper = self.loop.create_task(self._sweep())
         log.info(
