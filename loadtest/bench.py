@@ -165,7 +165,7 @@ def print_profile(path: Path, top: int = 15) -> None:
 
 def specs_for(args: argparse.Namespace) -> tuple[list[Spec], str]:
     """The systems to alternate and the reference the ratios are taken to."""
-    base_label = f"baseline ({Path(args.baseline).name})" if args.baseline else ""
+    base_label = f"baseline {checkout_name(Path(args.baseline))}" if args.baseline else ""
     if args.what == "backend":
         if args.baseline:
             return [Spec("backend-echo"), Spec("baseline", label=base_label)], base_label
@@ -183,6 +183,17 @@ def specs_for(args: argparse.Namespace) -> tuple[list[Spec], str]:
     if args.pairs > 1:
         return [Spec("gateway"), Spec("nginx")], "nginx"
     return [Spec(n) for n in ("direct", "gateway", "nginx", "naive-relay")], "nginx"
+
+
+def checkout_name(path: Path) -> str:
+    """A checkout's commit (short hash), or its directory's name when it is not one."""
+    out = subprocess.run(
+        ["git", "-C", str(path), "rev-parse", "--short", "HEAD"],
+        capture_output=True,
+        text=True,
+        check=False,
+    )
+    return out.stdout.strip() if out.returncode == 0 else path.name
 
 
 def run_pairs(

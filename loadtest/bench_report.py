@@ -61,7 +61,8 @@ def table(rows: list[dict[str, Any]]) -> list[str]:
         per_pair = ", ".join(f"{x:.2f}" for x in r.get("cpu_us_per_rt_ratios", [])) or "–"
         lines.append(
             f"| {r['system']} | {_size(r['payload'])} | {_cell(r, 'cpu_us_per_rt')} | {per_pair} "
-            f"| {_cell(r, 'user_us_per_rt')} | {_cell(r, 'rss_kib_per_conn')} | {_cell(r, 'msgs_per_s')} | {_cell(r, 'p50_us')} "
+            f"| {_cell(r, 'user_us_per_rt')} | {_cell(r, 'rss_kib_per_conn')} "
+            f"| {_cell(r, 'msgs_per_s')} | {_cell(r, 'p50_us')} "
             f"| {_cell(r, 'p99_us')} | {_cell(r, 'p999_us', ratio=False)} |"
         )
     return lines

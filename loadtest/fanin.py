@@ -31,7 +31,7 @@ import orjson
 import uvloop
 from hdrh.histogram import HdrHistogram
 
-from loadtest.bench_load import _upgrade, cpu_s, rss_kib, start, wait_port
+from loadtest.bench_load import _upgrade, cpu_s, proc_tree, rss_kib, start, wait_port
 from loadtest.bench_systems import Spec, start_system
 from loadtest.topology import free_port
 
@@ -137,7 +137,7 @@ def fan_in(system: Any, args: argparse.Namespace) -> dict[str, Any]:
     open_s = time.monotonic() - t0
     pid = system.proc.pid
     time.sleep(1.0)
-    rss, fds = rss_kib(pid), len(os.listdir(f"/proc/{pid}/fd"))
+    rss, fds = rss_kib(pid), sum(len(os.listdir(f"/proc/{p}/fd")) for p in proc_tree(pid))
     cpu0 = cpu_s(pid)
     go.duration.value = args.duration
     go.event.set()
