@@ -7,6 +7,7 @@ import asyncio
 import contextlib
 import os
 import signal
+import socket
 import ssl
 import subprocess
 import sys
@@ -67,6 +68,26 @@ def make_cert(
     return cert, key
 
 
+def consecutive_free_ports(n: int) -> int:
+    """The first of ``n`` consecutive free ports (a gateway with ``--workers n`` serves its
+    admin API on ``admin_listen``'s port + i)."""
+    for _ in range(100):
+        base = free_port()
+        socks = []
+        try:
+            for i in range(1, n):
+                s = socket.socket()
+                socks.append(s)
+                s.bind(("127.0.0.1", base + i))
+            return base
+        except OSError:
+            continue
+        finally:
+            for s in socks:
+                s.close()
+    raise RuntimeError(f"no {n} consecutive free ports")
+
+
 @dataclass
 class GatewayProc:
     proc: subprocess.Popen[bytes]
@@ -125,10 +146,11 @@ async def gateway_process(
     token: str | None = ADMIN_TOKEN,
     preexec_fn: Callable[[], None] | None = None,
     admin_ssl: ssl.SSLContext | None = None,
+    admin_ports: int = 1,
 ) -> AsyncIterator[GatewayProc]:
     """Start ``python -m gateway`` with ``args`` (the admin token through the environment)
     and wait until it answers ``/healthz``; SIGTERM it at the end if it is still running."""
-    port, aport = free_port(), free_port()
+    port, aport = free_port(), consecutive_free_ports(admin_ports)
     log = tmp_path / f"gateway-{port}.log"
     env = {k: v for k, v in os.environ.items() if not k.startswith("GATEWAY_")}
     if token:

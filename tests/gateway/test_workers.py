@@ -14,7 +14,12 @@ from websockets.asyncio.client import connect
 from websockets.exceptions import ConnectionClosed
 
 from loadtest.topology import Topology
-from tests.gateway.gwproc import ADMIN_TOKEN, gateway_process, plain_server
+from tests.gateway.gwproc import (
+    ADMIN_TOKEN,
+    consecutive_free_ports,
+    gateway_process,
+    plain_server,
+)
 from tests.gateway.test_metrics import samples
 
 pytestmark = [pytest.mark.timeout(90), pytest.mark.slow]
@@ -44,7 +49,14 @@ async def test_both_workers_accept_and_sigterm_drains_both(tmp_path):
     async with (
         plain_server() as backend,
         gateway_process(
-            tmp_path, "--static-backend", backend, "--workers", "2", "--drain-window-s", "0.5"
+            tmp_path,
+            "--static-backend",
+            backend,
+            "--workers",
+            "2",
+            "--drain-window-s",
+            "0.5",
+            admin_ports=2,
         ) as gw,
     ):
         admins = [f"http://127.0.0.1:{gw.admin_port + i}" for i in range(2)]
@@ -72,7 +84,11 @@ async def test_both_workers_accept_and_sigterm_drains_both(tmp_path):
 
 async def test_a_move_committed_by_worker_0_is_routed_by_worker_1_within_a_second(tmp_path):
     t = Topology(
-        tmp_path / "topo", backends=2, rebalance=False, extra_gateway_args=["--workers", "2"]
+        tmp_path / "topo",
+        backends=2,
+        rebalance=False,
+        admin_port=consecutive_free_ports(2),
+        extra_gateway_args=["--workers", "2"],
     )
     await t.start()
     try:
