@@ -238,7 +238,10 @@ def run_pairs(
                 )
                 profile = (
                     Path(args.profile)
-                    if args.profile and pair == 0 and spec.kind == "gateway"
+                    if args.profile
+                    and pair == 0
+                    and spec.kind == "gateway"
+                    and payload == args.payload[0]
                     else None
                 )
                 rec = measure(
