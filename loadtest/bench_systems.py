@@ -12,6 +12,7 @@ from __future__ import annotations
 
 import re
 import shutil
+import socket
 import subprocess
 import sys
 from dataclasses import dataclass
@@ -21,7 +22,13 @@ from pathlib import Path
 from loadtest.bench_load import start
 from loadtest.topology import free_port
 
-__all__ = ["Spec", "System", "start_backend_system", "start_system"]
+__all__ = [
+    "Spec",
+    "System",
+    "consecutive_free_ports",
+    "start_backend_system",
+    "start_system",
+]
 
 # Every benchmark client comes from 127.0.0.1: the gateway's per-address limits are off.
 ONE_ADDRESS = ["--max-conns-per-ip", "0", "--max-pending-per-ip", "0"]
@@ -74,6 +81,26 @@ class System:
     proc: subprocess.Popen[bytes] | None  # the process whose CPU and memory are measured
 
 
+def consecutive_free_ports(n: int) -> int:
+    """The first of ``n`` consecutive free ports (a gateway with ``--workers n`` serves its
+    admin API on ``admin_listen``'s port + i)."""
+    for _ in range(100):
+        base = free_port()
+        socks: list[socket.socket] = []
+        try:
+            for i in range(1, n):
+                s = socket.socket()
+                socks.append(s)
+                s.bind(("127.0.0.1", base + i))
+            return base
+        except OSError:
+            continue
+        finally:
+            for s in socks:
+                s.close()
+    raise RuntimeError(f"no {n} consecutive free ports")
+
+
 @cache
 def known_flags(module: str, cwd: str | None) -> frozenset[str]:
     """The flags ``python -m module`` accepts in checkout ``cwd`` (an older one may lack some)."""
@@ -123,7 +150,7 @@ def start_system(
             "--listen",
             f"127.0.0.1:{port}",
             "--admin-listen",
-            f"127.0.0.1:{free_port()}",
+            f"127.0.0.1:{consecutive_free_ports(spec.workers)}",
             "--log-level",
             "warning",
             "--state-dir",
@@ -178,7 +205,9 @@ def start_backend_system(spec: Spec, work: Path, baseline: Path | None = None) -
             "--listen",
             f"127.0.0.1:{port}",
             "--store",
-            str(work / f"{spec.kind}-store.db"),
+            # A store of its own: the node id is its address, new at each start, and a
+            # store written by another node id would refuse it the keys.
+            str(work / f"{spec.kind}-{port}-store.db"),
             "--direct",
             "on",
             "--log-level",

@@ -182,17 +182,19 @@ def run_fanin(args: argparse.Namespace) -> int:
             backends.append(f"127.0.0.1:{p}")
         for b in backends:
             asyncio.run(wait_port(int(b.rsplit(":", 1)[1])))
-        for kind in args.systems:
-            s = start_system(Spec(kind), backends, work, per_address_limits=True)
-            if s is None or s.proc is None:
-                continue
-            procs.append(s.proc)
-            asyncio.run(wait_port(s.port))
-            rec = fan_in(s, args)
-            print(orjson.dumps(rec).decode(), flush=True)
-            rows.append(rec)
-            s.proc.terminate()
-            s.proc.wait(30)
+        for run in range(args.pairs):
+            # Alternated like the other benchmarks: the order reversed every other round.
+            for kind in args.systems if run % 2 == 0 else args.systems[::-1]:
+                s = start_system(Spec(kind), backends, work, per_address_limits=True)
+                if s is None or s.proc is None:
+                    continue
+                procs.append(s.proc)
+                asyncio.run(wait_port(s.port))
+                rec = {"run": run, **fan_in(s, args)}
+                print(orjson.dumps(rec).decode(), flush=True)
+                rows.append(rec)
+                s.proc.terminate()
+                s.proc.wait(30)
     finally:
         for proc in procs:
             if proc.poll() is None:
@@ -213,6 +215,8 @@ def write_fanin(
         f"{args.client_procs} --sources {args.sources} --rate {args.rate:g} "
         f"--duration {args.duration:g} --systems {','.join(args.systems)}"
     )
+    if args.pairs > 1:
+        cmd += f" --pairs {args.pairs}"
     lines = [
         "<!-- bench:fanin:start -->",
         f"Command: `{cmd}`  ",
@@ -220,13 +224,13 @@ def write_fanin(
         f"Date: {time.strftime('%Y-%m-%d %H:%M UTC', time.gmtime())}; load average at "
         f"start {load[0]:.2f}, {load[1]:.2f}, {load[2]:.2f}",
         "",
-        "| system | connections (failed) | opened in | msgs/s | CPU µs / msg | CPU share "
+        "| run | system | connections (failed) | opened in | msgs/s | CPU µs / msg | CPU share "
         "| RSS MiB | descriptors | p50 µs | p99 µs | p99.9 µs |",
-        "|---|---|---|---|---|---|---|---|---|---|---|",
+        "|---|---|---|---|---|---|---|---|---|---|---|---|",
     ]
     for r in rows:
         lines.append(
-            f"| {r['system']} | {r['conns']} ({r['failed']}) | {r['open_s']} s "
+            f"| {r['run'] + 1} | {r['system']} | {r['conns']} ({r['failed']}) | {r['open_s']} s "
             f"| {r['msgs_per_s']} | {r['cpu_us_per_msg']} | {r['cpu_share']} | {r['rss_mib']} "
             f"| {r['descriptors']} | {r['p50_us']} | {r['p99_us']} | {r['p999_us']} |"
         )

@@ -7,7 +7,6 @@ import asyncio
 import contextlib
 import os
 import signal
-import socket
 import ssl
 import subprocess
 import sys
@@ -21,6 +20,7 @@ import aiohttp
 from websockets.asyncio.server import ServerConnection, serve
 from websockets.exceptions import ConnectionClosed
 
+from loadtest.bench_systems import consecutive_free_ports
 from loadtest.topology import free_port
 
 ADMIN_TOKEN = "admin-" + "t" * 26
@@ -66,26 +66,6 @@ def make_cert(
         capture_output=True,
     )
     return cert, key
-
-
-def consecutive_free_ports(n: int) -> int:
-    """The first of ``n`` consecutive free ports (a gateway with ``--workers n`` serves its
-    admin API on ``admin_listen``'s port + i)."""
-    for _ in range(100):
-        base = free_port()
-        socks = []
-        try:
-            for i in range(1, n):
-                s = socket.socket()
-                socks.append(s)
-                s.bind(("127.0.0.1", base + i))
-            return base
-        except OSError:
-            continue
-        finally:
-            for s in socks:
-                s.close()
-    raise RuntimeError(f"no {n} consecutive free ports")
 
 
 @dataclass

@@ -13,13 +13,9 @@ import pytest
 from websockets.asyncio.client import connect
 from websockets.exceptions import ConnectionClosed
 
+from loadtest.bench_systems import consecutive_free_ports
 from loadtest.topology import Topology
-from tests.gateway.gwproc import (
-    ADMIN_TOKEN,
-    consecutive_free_ports,
-    gateway_process,
-    plain_server,
-)
+from tests.gateway.gwproc import ADMIN_TOKEN, gateway_process, plain_server
 from tests.gateway.test_metrics import samples
 
 pytestmark = [pytest.mark.timeout(90), pytest.mark.slow]
