@@ -375,7 +375,7 @@ def run_bench(args: argparse.Namespace) -> int:
         return run_fanin(args)
     work = Path(tempfile.mkdtemp(prefix="bench-"))
     procs: list[subprocess.Popen[bytes]] = []
-    load = os.getloadavg()
+    load, started = os.getloadavg(), time.time()
     try:
         if args.what == "slow-reader":
             summary = run_slow_reader(args, work, procs)
@@ -391,7 +391,7 @@ def run_bench(args: argparse.Namespace) -> int:
     if args.write:
         from loadtest.bench_report import write_markdown
 
-        write_markdown(Path(args.write), args, summary, reference, load)
+        write_markdown(Path(args.write), args, summary, reference, load, started)
     return 0
 
 

@@ -74,6 +74,7 @@ def write_markdown(
     rows: list[dict[str, Any]],
     reference: str,
     load: tuple[float, float, float],
+    started: float,
 ) -> None:
     from loadtest.bench import machine
 
@@ -83,8 +84,8 @@ def write_markdown(
         f"<!-- bench:{name}:start -->",
         f"Command: `{command_of(args)}`  ",
         f"Machine: {machine()}  ",
-        f"Date: {time.strftime('%Y-%m-%d %H:%M UTC', time.gmtime())}; load average at "
-        f"start {load[0]:.2f}, {load[1]:.2f}, {load[2]:.2f}  ",
+        f"Date: {time.strftime('%Y-%m-%d %H:%M UTC', time.gmtime(started))} (start); load "
+        f"average at start {load[0]:.2f}, {load[1]:.2f}, {load[2]:.2f}  ",
         f"Figures: medians over {pairs} run(s) per system; ratios (×): the median of the "
         f"per-pair ratios to **{reference}**",
         "",

@@ -171,7 +171,7 @@ def run_fanin(args: argparse.Namespace) -> int:
     py = sys.executable
     procs: list[subprocess.Popen[bytes]] = []
     rows = []
-    load = os.getloadavg()
+    load, started = os.getloadavg(), time.time()
     try:
         backends = []
         for _ in range(2):
@@ -201,12 +201,16 @@ def run_fanin(args: argparse.Namespace) -> int:
                 proc.terminate()
                 proc.wait(10)
     if args.write:
-        write_fanin(Path(args.write), args, rows, load)
+        write_fanin(Path(args.write), args, rows, load, started)
     return 0
 
 
 def write_fanin(
-    path: Path, args: argparse.Namespace, rows: list[dict[str, Any]], load: tuple[float, ...]
+    path: Path,
+    args: argparse.Namespace,
+    rows: list[dict[str, Any]],
+    load: tuple[float, ...],
+    started: float,
 ) -> None:
     from loadtest.bench import machine
 
@@ -221,8 +225,8 @@ def write_fanin(
         "<!-- bench:fanin:start -->",
         f"Command: `{cmd}`  ",
         f"Machine: {machine()}  ",
-        f"Date: {time.strftime('%Y-%m-%d %H:%M UTC', time.gmtime())}; load average at "
-        f"start {load[0]:.2f}, {load[1]:.2f}, {load[2]:.2f}",
+        f"Date: {time.strftime('%Y-%m-%d %H:%M UTC', time.gmtime(started))} (start); load "
+        f"average at start {load[0]:.2f}, {load[1]:.2f}, {load[2]:.2f}",
         "",
         "| run | system | connections (failed) | opened in | msgs/s | CPU µs / msg | CPU share "
         "| RSS MiB | descriptors | p50 µs | p99 µs | p99.9 µs |",
