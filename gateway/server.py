@@ -186,6 +186,7 @@ class Gateway:
 
     def closed(self, conn: ClientSide, was_relaying: bool) -> None:
         self.conns.discard(conn)
+        self.metrics.traffic.closed(conn)  # its counts stay counted as it leaves the live set
         self._settled(conn)
         if conn in self._counted:
             self._counted.discard(conn)
@@ -326,7 +327,6 @@ class Gateway:
     def _log_close(self, c: ClientSide) -> None:
         m = self.metrics
         m.closed.labels(c.closed_by).inc()
-        m.traffic.closed(c)
         log.info(
             "conn_closed",
             key=c.key,
