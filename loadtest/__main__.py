@@ -91,8 +91,8 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
     b.add_argument(
         "--systems",
         type=lambda v: v.split(","),
-        default=["gateway", "nginx"],
-        help="fanin: the proxies to run, comma-separated",
+        help="relay, fanin: the systems to alternate, comma-separated (direct, gateway, "
+        "nginx, naive-relay, splice; fanin's default: gateway,nginx)",
     )
     b.add_argument(
         "--write", default="docs/benchmarks.md", help="markdown file to update ('' to skip)"

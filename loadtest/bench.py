@@ -180,6 +180,8 @@ def specs_for(args: argparse.Namespace) -> tuple[list[Spec], str]:
         ], "gateway --workers 1"
     if args.baseline:
         return [Spec("gateway"), Spec("baseline", label=base_label)], base_label
+    if args.systems:
+        return [Spec(n) for n in args.systems], "nginx"
     if args.pairs > 1:
         return [Spec("gateway"), Spec("nginx")], "nginx"
     return [Spec(n) for n in ("direct", "gateway", "nginx", "naive-relay")], "nginx"

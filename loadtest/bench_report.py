@@ -14,6 +14,8 @@ __all__ = ["block_name", "command_of", "write_markdown"]
 
 
 def block_name(args: argparse.Namespace) -> str:
+    if getattr(args, "systems", None):
+        return f"{args.what}-{'-'.join(args.systems)}"
     if getattr(args, "baseline", None):
         return f"{args.what}-baseline"
     if getattr(args, "workers", 1) > 1:
@@ -35,6 +37,8 @@ def command_of(args: argparse.Namespace) -> str:
         cmd += f" --client-procs {args.client_procs}"
     if getattr(args, "baseline", None):
         cmd += f" --baseline {args.baseline}"
+    if getattr(args, "systems", None):
+        cmd += f" --systems {','.join(args.systems)}"
     return cmd
 
 

@@ -2,7 +2,8 @@
 
 Relay: the echo backends reached directly, through our gateway (``--workers N``),
 through nginx (``hash $arg_key consistent``, N ``worker_processes``), through a
-frame-by-frame websockets relay, or through the gateway of another checkout
+frame-by-frame websockets relay, through a bare splice on uvloop (the floor of
+any Python relay: :mod:`loadtest.splice_relay`), or through the gateway of another checkout
 (``baseline``: the same Python, run from that directory, so ``python -m gateway``
 imports its code). Backend: ``python -m backend echo`` against a bare websockets
 echo, or against another checkout's backend.
@@ -184,11 +185,12 @@ def start_system(
         )
         (d / "nginx.conf").write_text(conf)
         proc = start([exe, "-p", str(d), "-c", str(d / "nginx.conf")], workdir / "nginx.log")
-    elif spec.kind == "naive-relay":
-        args = [py, "-m", "loadtest.naive_relay", "--listen", f"127.0.0.1:{port}"]
+    elif spec.kind in ("naive-relay", "splice"):
+        module = {"naive-relay": "loadtest.naive_relay", "splice": "loadtest.splice_relay"}
+        args = [py, "-m", module[spec.kind], "--listen", f"127.0.0.1:{port}"]
         for b in backends:
             args += ["--backend", b]
-        proc = start(args, workdir / "naive.log")
+        proc = start(args, workdir / f"{spec.kind}.log")
     else:
         raise ValueError(spec.kind)
     return System(spec.name, url, port, proc)

@@ -184,7 +184,8 @@ def run_fanin(args: argparse.Namespace) -> int:
             asyncio.run(wait_port(int(b.rsplit(":", 1)[1])))
         for run in range(args.pairs):
             # Alternated like the other benchmarks: the order reversed every other round.
-            for kind in args.systems if run % 2 == 0 else args.systems[::-1]:
+            systems = args.systems or ["gateway", "nginx"]
+            for kind in systems if run % 2 == 0 else systems[::-1]:
                 s = start_system(Spec(kind), backends, work, per_address_limits=True)
                 if s is None or s.proc is None:
                     continue
@@ -217,7 +218,7 @@ def write_fanin(
     cmd = (
         f"python -m loadtest bench fanin --conns {args.conns} --client-procs "
         f"{args.client_procs} --sources {args.sources} --rate {args.rate:g} "
-        f"--duration {args.duration:g} --systems {','.join(args.systems)}"
+        f"--duration {args.duration:g} --systems {','.join(args.systems or ['gateway', 'nginx'])}"
     )
     if args.pairs > 1:
         cmd += f" --pairs {args.pairs}"
