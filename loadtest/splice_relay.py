@@ -49,8 +49,8 @@ class Client(asyncio.Protocol):
             self.transport.abort()
             return
         head, self.head = self.head, b""
-        assert self.peer.transport is not None
-        self.peer.transport.write(head)
+        assert peer.transport is not None
+        peer.transport.write(head)
 
     def pause_writing(self) -> None:
         if self.peer is not None and self.peer.transport is not None:
