@@ -19,12 +19,14 @@ from http import HTTPStatus
 from urllib.parse import parse_qs, urlsplit
 
 import structlog
+from prometheus_client import CONTENT_TYPE_LATEST, generate_latest
 from websockets.asyncio.server import Server, ServerConnection, serve
 from websockets.datastructures import Headers
 from websockets.exceptions import ConnectionClosed
 from websockets.http11 import Request, Response
 from websockets.protocol import State
 
+from backend.metrics import BackendMetrics
 from backend.node import Node, NotOwner
 from backend.session_conn import SessionConn
 from clientlib.kernel.credentials import unquote_key, verify_claim
@@ -98,6 +100,14 @@ class BackendServer:
         self.server: Server | None = None
         self.conns: dict[ServerConnection, SessionConn] = {}
         self.refused = {"unvouched": 0, "not_owner": 0, "bad_request": 0}
+        self.metrics = BackendMetrics(node, self)
+        # Sessions whose connection here ended without ending them: sid → when, for the
+        # reconnect-to-resume histogram (kept for session_ttl_s, like the session).
+        self._detached: dict[str, float] = {}
+
+    @property
+    def connection_count(self) -> int:
+        return len(self.conns)
 
     async def start(self, host: str, port: int, *, tls: ssl.SSLContext | None = None) -> Server:
         self.server = await serve(
@@ -123,6 +133,13 @@ class BackendServer:
     def _process_request(self, conn: ServerConnection, request: Request) -> Response | None:
         if request.path == "/healthz":
             return conn.respond(HTTPStatus.OK, "ok\n")
+        if request.path == "/metrics":
+            # Counts only (no keys, no addresses), like /healthz open to whoever reaches
+            # the port, which only the gateways and the operators should.
+            answer = conn.respond(HTTPStatus.OK, generate_latest(self.metrics.registry).decode())
+            del answer.headers["Content-Type"]
+            answer.headers["Content-Type"] = CONTENT_TYPE_LATEST
+            return answer
         try:
             route = route_of(request.path, request.headers)
         except ValueError as exc:
@@ -183,7 +200,10 @@ class BackendServer:
         self.conns[ws] = conn
         writer = asyncio.get_running_loop().create_task(self._writer(ws, conn, wake, lock))
         try:
+            resumed = self.node.stats["resumed"]
             conn.receive(await asyncio.wait_for(ws.recv(), HELLO_TIMEOUT_S))
+            if conn.session is not None:
+                self._attached(conn.session.sid, self.node.stats["resumed"] > resumed)
             while conn.closing is None:
                 # Reply from this task when nobody is writing: no hop through the writer.
                 if lock.locked():
@@ -207,6 +227,15 @@ class BackendServer:
             rcvd = ws.protocol.close_rcvd
             conn.closed(rcvd.code if rcvd is not None else None)
             del self.conns[ws]
+            session = conn.session
+            if session is not None and session.detached_at is not None and session.wire is None:
+                self._detached[session.sid] = time.monotonic()
+
+    def _attached(self, sid: str, resumed: bool) -> None:
+        """A hello was answered: time a resume of a session whose connection ended here."""
+        detached = self._detached.pop(sid, None)
+        if detached is not None and resumed:
+            self.metrics.resume_seconds.observe(time.monotonic() - detached)
 
     async def _writer(
         self, ws: ServerConnection, conn: SessionConn, wake: asyncio.Event, lock: asyncio.Lock
@@ -236,7 +265,11 @@ class BackendServer:
                 await ws.send(f, text=True)
 
     def sweep(self) -> None:
-        """Once a second: cut connections whose unread output grew past its bound."""
+        """Once a second: cut connections whose unread output grew past its bound, forget
+        detach times older than a session lives."""
+        if self._detached:
+            horizon = time.monotonic() - self.node.config.session_ttl_s
+            self._detached = {s: t for s, t in self._detached.items() if t > horizon}
         for ws in list(self.conns):
             transport = ws.transport
             if transport is not None and transport.get_write_buffer_size() > MAX_WRITE_BUFFER:

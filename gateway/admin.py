@@ -84,10 +84,20 @@ def bearer_ok(request: web.Request, secret: str | None) -> bool:
 
 
 class AdminAPI:
-    def __init__(self, gw: Gateway, controller: Controller | None, token: str):
+    def __init__(
+        self,
+        gw: Gateway,
+        controller: Controller | None,
+        token: str,
+        *,
+        ready: Callable[[], bool] | None = None,
+    ):
+        """``ready``: whether the routes can serve, when no controller here says so (a
+        worker that routes from worker 0's state file)."""
         self.gw = gw
         self.controller = controller
         self.token = token
+        self.routes_ready = ready or (controller.ready if controller else (lambda: True))
         self.app = web.Application(middlewares=[self._guarded, self._auth], client_max_size=1 << 16)
         r = self.app.router
         r.add_get("/healthz", self.healthz)
@@ -200,14 +210,14 @@ class AdminAPI:
         return web.Response(text="ok\n")
 
     async def readyz(self, request: web.Request) -> web.Response:
-        ready = not self.gw.draining and (self.controller is None or self.controller.ready())
+        ready = not self.gw.draining and self.routes_ready()
         note = self.controller.stale_note() if self.controller is not None else ""
         return web.Response(
             text=("ready\n" if ready else "not ready\n") + note, status=200 if ready else 503
         )
 
     async def metrics(self, request: web.Request) -> web.Response:
-        self.gw.metrics.connections.set(len(self.gw.conns))
+        self.gw.refresh_metrics()
         return web.Response(
             body=generate_latest(self.gw.metrics.registry),
             headers={"Content-Type": CONTENT_TYPE_LATEST},

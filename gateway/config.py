@@ -20,6 +20,9 @@ __all__ = ["GatewayConfig"]
 @dataclass(frozen=True, kw_only=True)
 class GatewayConfig:
     listen: str = setting("127.0.0.1:9000", "HOST:PORT for clients")
+    workers: int = setting(
+        1, "gateway processes sharing the listen port (SO_REUSEPORT); worker i's admin: port + i"
+    )
     admin_listen: str = setting("127.0.0.1:9090", "HOST:PORT for the admin API and control")
     admin_token: str | None = setting(
         None, "bearer token for the admin API (none: a new one in state_dir/admin.token)"
@@ -102,8 +105,12 @@ class GatewayConfig:
     log_level: str = setting("info", "debug | info | warning | error")
 
     def __post_init__(self) -> None:
-        parse_hostport(self.listen, "listen")
-        parse_hostport(self.admin_listen, "admin_listen")
+        _, port = parse_hostport(self.listen, "listen")
+        _, admin_port = parse_hostport(self.admin_listen, "admin_listen")
+        if self.workers < 1:
+            raise ConfigError("config: workers must be >= 1")
+        if self.workers > 1 and (port == 0 or admin_port == 0):
+            raise ConfigError("config: workers > 1 need fixed ports for listen and admin_listen")
         for b in self.static_backend:
             parse_hostport(b, "static_backend")
         if self.static_backend and self.control_secret:

@@ -55,7 +55,7 @@ class FrameTracker:
         "ctl_burst",
         "ctl_rate",
         "frames",
-        "masked",
+        "mask_bit",
         "max_frame",
     )
 
@@ -67,7 +67,8 @@ class FrameTracker:
         control_rate: float = 0.0,
         control_burst: int = 0,
     ):
-        self.masked = masked  # client→server frames must be masked, server→client must not
+        # Client→server frames must be masked, server→client must not: the header's mask bit.
+        self.mask_bit = 0x80 if masked else 0
         self.max_frame = max_frame
         self.ctl_rate = control_rate
         self.ctl_burst = float(max(control_burst, 1)) if control_rate > 0 else float("inf")
@@ -84,12 +85,39 @@ class FrameTracker:
         self._mask = b""
 
     @property
+    def masked(self) -> bool:
+        return bool(self.mask_bit)
+
+    @property
     def at_boundary(self) -> bool:
         return self._need == 0 and not self._hdr
 
     def feed(self, data: bytes) -> int:
         n = len(data)
         self.bytes += n
+        if not self._need and not self._hdr and n > 3:
+            # The common chunk: exactly one whole data frame (an echo, a chat message) whose
+            # length fits the header or its 16-bit extension. No slicing, no loop.
+            b1 = data[1]
+            length = b1 & 0x7F
+            hlen = 6 if b1 & 0x80 else 2
+            if length == 126:
+                length = data[2] << 8 | data[3]
+                hlen += 2
+            elif length == 127:
+                return self._feed(data, n)
+            if (
+                n == hlen + length
+                and b1 & 0x80 == self.mask_bit
+                and data[0] & 0x0F < 3  # continuation, text, binary
+                and length <= self.max_frame
+            ):
+                self.frames += 1
+                return 0
+        return self._feed(data, n)
+
+    def _feed(self, data: bytes, n: int) -> int:
+        """Any chunk: frames cut anywhere, several frames, control frames."""
         i = 0
         while i < n:
             need = self._need
@@ -125,7 +153,7 @@ class FrameTracker:
             i += hlen - len(old)
             self._hdr = b""
             opcode = b0 & 0x0F
-            if bool(b1 & 0x80) is not self.masked or opcode not in _VALID_OPCODES:
+            if b1 & 0x80 != self.mask_bit or opcode not in _VALID_OPCODES:
                 return 1002
             if opcode & 0x8:
                 # Control frames: never fragmented, payload <= 125 (RFC 6455 §5.5).

@@ -93,6 +93,11 @@ class UpgradeParser:
         self.trailing = b""
         self.require_key = require_key
 
+    @property
+    def fed(self) -> int:
+        """Bytes fed so far."""
+        return self._fed
+
     def feed(self, data: bytes) -> Upgrade | None:
         conn = self._conn
         self._fed += len(data)

@@ -1,12 +1,41 @@
-"""Prometheus metrics of one gateway (its own registry, so tests can run several)."""
+"""Prometheus metrics of one gateway (its own registry, so tests can run several).
+
+Nothing here runs per frame. Each connection's :class:`~gateway.frames.FrameTracker`
+counts its frames and bytes; :class:`TrafficCounters` adds what the live
+connections counted since its last call to the process counters, once a second
+(the sweep) and at each scrape, so a gateway whose clients stay for hours
+reports their traffic as it flows, not when they leave.
+"""
 
 from __future__ import annotations
 
-from prometheus_client import CollectorRegistry, Counter, Gauge
+from collections.abc import Iterable
+from typing import Protocol
+
+from prometheus_client import CollectorRegistry, Counter, Gauge, Histogram
 
 __all__ = [
     "GatewayMetrics",
+    "TrafficCounters",
 ]
+
+# Seconds: from a loopback hop (~100 µs) to a connect timeout.
+LATENCY_BUCKETS = (
+    0.0005,
+    0.001,
+    0.0025,
+    0.005,
+    0.01,
+    0.025,
+    0.05,
+    0.1,
+    0.25,
+    0.5,
+    1.0,
+    2.5,
+    5.0,
+    10.0,
+)
 
 
 class GatewayMetrics:
@@ -43,12 +72,108 @@ class GatewayMetrics:
         self.closed = Counter(
             "gateway_closed", "Relayed connections closed, by who closed", ["by"], registry=r
         )
-        self.frames = Counter("gateway_frames", "Frames relayed, by direction", ["dir"], registry=r)
-        self.bytes = Counter("gateway_bytes", "Bytes relayed, by direction", ["dir"], registry=r)
+        self.frames = Counter(
+            "gateway_frames",
+            "Frames relayed, by direction (live connections included, published once a second)",
+            ["dir"],
+            registry=r,
+        )
+        self.bytes = Counter(
+            "gateway_bytes",
+            "Bytes relayed, by direction (live connections included, published once a second)",
+            ["dir"],
+            registry=r,
+        )
         self.routes_cut = Counter(
             "gateway_routes_cut", "Relays cut: their node no longer owns the key", registry=r
         )
         self.connections = Gauge("gateway_connections", "Open client connections", registry=r)
+        self.relaying = Gauge("gateway_relaying", "Connections relaying (after 101)", registry=r)
         self.admission_closed = Gauge(
             "gateway_admission_closed", "1 while new upgrades are shed", registry=r
         )
+        self.upgrade_seconds = Histogram(
+            "gateway_upgrade_seconds",
+            "From a client's first upgrade byte to the 101 sent back",
+            buckets=LATENCY_BUCKETS,
+            registry=r,
+        )
+        self.backend_connect_seconds = Histogram(
+            "gateway_backend_connect_seconds",
+            "Opening a backend connection (TCP, and TLS with backend_tls)",
+            buckets=LATENCY_BUCKETS,
+            registry=r,
+        )
+        self.move_seconds = Histogram(
+            "gateway_move_seconds",
+            "Control plane: a move from its release order to its commit or abort, by outcome",
+            ["outcome"],
+            buckets=LATENCY_BUCKETS,
+            registry=r,
+        )
+        self.route_reloads = Counter(
+            "gateway_route_reloads",
+            "Workers 1..N-1: re-reads of the control plane's state file, by result",
+            ["result"],
+            registry=r,
+        )
+        self.traffic = TrafficCounters(self)
+
+
+class Tracked(Protocol):
+    """What a connection shows the traffic counters: its two frame trackers' counts."""
+
+    @property
+    def c2b(self) -> _Counts: ...
+
+    @property
+    def b2c(self) -> _Counts: ...
+
+
+class _Counts(Protocol):
+    @property
+    def frames(self) -> int: ...
+
+    @property
+    def bytes(self) -> int: ...
+
+
+class TrafficCounters:
+    """Frames and bytes per direction: the closed connections' totals, plus what the live
+    ones counted so far; :meth:`publish` adds the growth since its last call."""
+
+    __slots__ = ("_closed", "_published", "metrics")
+
+    def __init__(self, metrics: GatewayMetrics):
+        self.metrics = metrics
+        self._closed = [0, 0, 0, 0]  # c2b frames, c2b bytes, b2c frames, b2c bytes
+        self._published = [0, 0, 0, 0]
+        for direction in ("c2b", "b2c"):  # exported from the start, at 0
+            metrics.frames.labels(direction)
+            metrics.bytes.labels(direction)
+
+    def closed(self, conn: Tracked) -> None:
+        """A connection is gone: keep its counts (it leaves the live set at the same time)."""
+        t = self._closed
+        t[0] += conn.c2b.frames
+        t[1] += conn.c2b.bytes
+        t[2] += conn.b2c.frames
+        t[3] += conn.b2c.bytes
+
+    def publish(self, live: Iterable[Tracked]) -> None:
+        c2b_f, c2b_b, b2c_f, b2c_b = self._closed
+        for c in live:
+            up, down = c.c2b, c.b2c
+            c2b_f += up.frames
+            c2b_b += up.bytes
+            b2c_f += down.frames
+            b2c_b += down.bytes
+        now = (c2b_f, c2b_b, b2c_f, b2c_b)
+        p = self._published
+        m = self.metrics
+        for i, (counter, direction) in enumerate(
+            ((m.frames, "c2b"), (m.bytes, "c2b"), (m.frames, "b2c"), (m.bytes, "b2c"))
+        ):
+            if now[i] > p[i]:
+                counter.labels(direction).inc(now[i] - p[i])
+                p[i] = now[i]

@@ -255,13 +255,13 @@ class ClientSide(asyncio.Protocol):
             self.abort()
 
     def data_received(self, data: bytes) -> None:
-        if self.state == RELAY:
+        # The hot path, once per chunk: check the frame headers, pass the bytes on.
+        if self.state is RELAY:
             code = self.c2b.feed(data)
             if code:
                 self.violation(code)
                 return
-            assert self.backend is not None
-            self.backend.transport.write(data)
+            self.backend.transport.write(data)  # type: ignore[union-attr]  # set in RELAY
             return
         if self.state == HANDSHAKE:
             self.handshake_data(data)
@@ -281,6 +281,8 @@ class ClientSide(asyncio.Protocol):
     def handshake_data(self, data: bytes) -> None:
         if self.parser is None:
             return  # refused at the door
+        if not self.parser.fed:
+            self.started = time.monotonic()  # the upgrade's first byte (after TLS, if any)
         try:
             up = self.parser.feed(data)
             if up is None:
@@ -314,7 +316,9 @@ class ClientSide(asyncio.Protocol):
         self.backend = backend
         self.node = backend.node
         self.state = RELAY
-        self.host.metrics.upgraded.inc()
+        metrics = self.host.metrics
+        metrics.upgraded.inc()
+        metrics.upgrade_seconds.observe(time.monotonic() - self.started)
         _keepalive(self.transport)
         self.transport.write(switching_protocols(headers))
         backend.relaying = True
@@ -368,16 +372,23 @@ class ClientSide(asyncio.Protocol):
         self.host.loop.call_later(self.host.limits.close_linger_s, self.abort)
 
     def backend_data(self, data: bytes) -> None:
-        if self.state != RELAY:
+        """Bytes from the backend (:meth:`BackendSide.data_received` inlines this)."""
+        if self.state is not RELAY:
             return  # after our close frame, nothing more may go to the client
         assert self.transport is not None
         self.transport.write(data)
         if self.b2c.feed(data):
-            # The backend broke framing: stop relaying and close both hops.
-            self.closed_by = "backend"
-            self.abort()
-            return
-        if self.drain_pending and self.b2c.at_boundary:
+            self.backend_broke()
+        elif self.drain_pending:
+            self.drain_at_boundary()
+
+    def backend_broke(self) -> None:
+        """The backend broke framing: stop relaying and close both hops."""
+        self.closed_by = "backend"
+        self.abort()
+
+    def drain_at_boundary(self) -> None:
+        if self.b2c.at_boundary:
             self.drain_close(CloseCode.GOING_AWAY, self.host.drain_hint)
 
     def pause_writing(self) -> None:
@@ -466,7 +477,15 @@ class BackendSide(asyncio.Protocol):
 
     def data_received(self, data: bytes) -> None:
         if self.relaying:
-            self.client.backend_data(data)
+            # The hot path, once per chunk: ClientSide.backend_data, inlined (one Python
+            # call less per chunk).
+            c = self.client
+            if c.state is RELAY:
+                c.transport.write(data)  # type: ignore[union-attr]  # set in RELAY
+                if c.b2c.feed(data):
+                    c.backend_broke()
+                elif c.drain_pending:
+                    c.drain_at_boundary()
             return
         if self.conn is None:
             # The answer is in, the relay not started yet: keep the frames, bounded.

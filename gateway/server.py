@@ -117,7 +117,13 @@ class Gateway:
         host, port = parse_hostport(self.config.listen, "listen")
         # TLS (self.tls) is started by each connection once it is counted (relay.py).
         self.server = await self.loop.create_server(
-            lambda: ClientSide(self), host, port, backlog=4096, reuse_address=True
+            lambda: ClientSide(self),
+            host,
+            port,
+            backlog=4096,
+            reuse_address=True,
+            # Several workers share the port; the kernel spreads connections over them.
+            reuse_port=self.config.workers > 1,
         )
         self._sweeper = self.loop.create_task(self._sweep())
         log.info(
@@ -180,6 +186,7 @@ class Gateway:
 
     def closed(self, conn: ClientSide, was_relaying: bool) -> None:
         self.conns.discard(conn)
+        self.metrics.traffic.closed(conn)  # its counts stay counted as it leaves the live set
         self._settled(conn)
         if conn in self._counted:
             self._counted.discard(conn)
@@ -252,11 +259,13 @@ class Gateway:
                 request_id=request_id,
                 proof=proof,
             )
+            dialed = time.monotonic()
             try:
                 _, proto = await asyncio.wait_for(
                     self._dial(partial(BackendSide, client, node, conn), addr),
                     cfg.connect_timeout_s,
                 )
+                self.metrics.backend_connect_seconds.observe(time.monotonic() - dialed)
             except (OSError, TimeoutError):
                 self.metrics.backend_unreachable.inc()
                 tried.add(node)
@@ -318,10 +327,6 @@ class Gateway:
     def _log_close(self, c: ClientSide) -> None:
         m = self.metrics
         m.closed.labels(c.closed_by).inc()
-        m.frames.labels("c2b").inc(c.c2b.frames)
-        m.frames.labels("b2c").inc(c.b2c.frames)
-        m.bytes.labels("c2b").inc(c.c2b.bytes)
-        m.bytes.labels("b2c").inc(c.b2c.bytes)
         log.info(
             "conn_closed",
             key=c.key,
@@ -342,10 +347,17 @@ class Gateway:
         while True:
             await asyncio.sleep(1.0)
             now = time.monotonic()
-            self.metrics.connections.set(len(self.conns))
             for c in list(self.conns):
                 c.tick(now)
+            self.refresh_metrics()
             self.check_routes(now)
+
+    def refresh_metrics(self) -> None:
+        """Bring the gauges and the traffic counters up to date (the sweep, each scrape)."""
+        m = self.metrics
+        m.connections.set(len(self.conns))
+        m.relaying.set(sum(1 for c in self.conns if c.state == RELAY))
+        m.traffic.publish(self.conns)
 
     def check_routes(self, now: float) -> int:
         """Cut relays to a node that no longer owns their key (it died, or it is a zombie

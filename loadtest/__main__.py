@@ -59,11 +59,48 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
         "on a host of its own (network namespaces; loopback addresses where none can be made)",
     )
     r.add_argument("--cluster-tag", help=argparse.SUPPRESS)
-    b = sub.add_parser("bench", help="benchmarks that write docs/benchmarks.md")
-    b.add_argument("what", choices=["relay", "backend", "slow-reader"])
+    b = sub.add_parser(
+        "bench",
+        help="benchmarks that write docs/benchmarks.md",
+        description="Side-by-side benchmarks (see loadtest/bench.py). With --pairs the "
+        "systems alternate, the order reversed each round, and the tables quote the "
+        "medians of the per-pair ratios.",
+    )
+    b.add_argument("what", choices=["relay", "backend", "slow-reader", "fanin"])
     b.add_argument("--duration", type=float, default=10.0, help="seconds per system")
     b.add_argument("--conns", type=int, default=50, help="concurrent echo connections")
     b.add_argument("--idle-conns", type=int, default=8000, help="idle connections for memory")
+    b.add_argument(
+        "--pairs", type=int, default=1, help="rounds of the systems, order swapped each round"
+    )
+    b.add_argument(
+        "--payload",
+        type=lambda v: [int(x) for x in v.split(",")],
+        default=[64],
+        help="message sizes in bytes, comma-separated (relay; e.g. 64,4096,65536)",
+    )
+    b.add_argument(
+        "--baseline",
+        metavar="DIR",
+        help="another checkout: its gateway (or backend) is run with this Python from DIR "
+        "and compared with this one's in alternating pairs",
+    )
+    b.add_argument(
+        "--workers",
+        type=int,
+        default=1,
+        help="relay: the gateway with --workers 1 and N, nginx with 1 and N worker_processes",
+    )
+    b.add_argument("--client-procs", type=int, default=1, help="load generator processes")
+    b.add_argument("--profile", metavar="FILE", help="py-spy collapsed stacks of the gateway")
+    b.add_argument("--sources", type=int, default=16, help="fanin: client source addresses")
+    b.add_argument("--rate", type=float, default=1.0, help="fanin: messages/s per connection")
+    b.add_argument(
+        "--systems",
+        type=lambda v: v.split(","),
+        help="relay, fanin: the systems to alternate, comma-separated (direct, gateway, "
+        "nginx, naive-relay, splice; fanin's default: gateway,nginx)",
+    )
     b.add_argument(
         "--write", default="docs/benchmarks.md", help="markdown file to update ('' to skip)"
     )

@@ -28,6 +28,7 @@ from gateway.controlplane.core import (
 )
 from gateway.controlplane.directory import EmbeddedDirectory
 from gateway.controlplane.endpoint import ControlEndpoint
+from gateway.controlplane.metrics import ControlPlaneCollector
 from gateway.controlplane.planner import Move, PlannerConfig
 from gateway.metrics import GatewayMetrics
 
@@ -51,6 +52,7 @@ class Controller:
         self.metrics = metrics
         self.core = ControlCore(directory, config, planner, wall=time.time)
         self.endpoint = ControlEndpoint(secret, self)
+        ControlPlaneCollector(self.core, metrics, directory.clock)
         self.tick_s = tick_s
         self._task: asyncio.Task[None] | None = None
         self._waiters: dict[int, asyncio.Future[MoveFinished]] = {}

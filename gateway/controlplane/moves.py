@@ -10,6 +10,7 @@ the same way) and commits or aborts as usual.
 from __future__ import annotations
 
 from collections import deque
+from collections.abc import Callable
 from dataclasses import dataclass, field
 from typing import Any
 
@@ -82,6 +83,11 @@ class HistoryEntry:
     duration_ms: float | None = None
     epoch: int | None = None
 
+    @property
+    def outcome_kind(self) -> str:
+        """``done`` or ``aborted`` (the outcome without its detail)."""
+        return self.outcome.split(":", 1)[0]
+
     def to_json(self) -> dict[str, Any]:
         return {
             "at": self.at,
@@ -100,16 +106,23 @@ class HistoryEntry:
 
 
 class MoveHistory:
-    """The last ``size`` finished moves, and counters by outcome."""
+    """The last ``size`` finished moves, counters by outcome and by (reason, outcome),
+    and whoever wants to hear of each finished move (the metrics)."""
 
     def __init__(self, size: int = 500):
         self.items: deque[HistoryEntry] = deque(maxlen=size)
         self.outcomes: dict[str, int] = {}
+        self.by_reason: dict[tuple[str, str], int] = {}
+        self.observers: list[Callable[[HistoryEntry], None]] = []
 
     def add(self, entry: HistoryEntry) -> None:
         self.items.append(entry)
-        kind = entry.outcome.split(":", 1)[0]
+        kind = entry.outcome_kind
         self.outcomes[kind] = self.outcomes.get(kind, 0) + 1
+        key = (entry.reason, kind)
+        self.by_reason[key] = self.by_reason.get(key, 0) + 1
+        for observe in self.observers:
+            observe(entry)
 
     def to_json(self) -> list[dict[str, Any]]:
         return [r.to_json() for r in self.items]

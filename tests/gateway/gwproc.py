@@ -20,6 +20,7 @@ import aiohttp
 from websockets.asyncio.server import ServerConnection, serve
 from websockets.exceptions import ConnectionClosed
 
+from loadtest.bench_systems import consecutive_free_ports
 from loadtest.topology import free_port
 
 ADMIN_TOKEN = "admin-" + "t" * 26
@@ -125,10 +126,11 @@ async def gateway_process(
     token: str | None = ADMIN_TOKEN,
     preexec_fn: Callable[[], None] | None = None,
     admin_ssl: ssl.SSLContext | None = None,
+    admin_ports: int = 1,
 ) -> AsyncIterator[GatewayProc]:
     """Start ``python -m gateway`` with ``args`` (the admin token through the environment)
     and wait until it answers ``/healthz``; SIGTERM it at the end if it is still running."""
-    port, aport = free_port(), free_port()
+    port, aport = free_port(), consecutive_free_ports(admin_ports)
     log = tmp_path / f"gateway-{port}.log"
     env = {k: v for k, v in os.environ.items() if not k.startswith("GATEWAY_")}
     if token:

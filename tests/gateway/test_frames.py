@@ -61,6 +61,25 @@ def test_tracks_frames_across_any_cut(specs, masked, cuts, code):
     assert t.at_boundary
 
 
+@given(
+    st.integers(0, 15),
+    st.booleans(),
+    st.booleans(),
+    st.sampled_from([0, 1, 2, 64, 125, 126, 127, 300, 1024, 1025, 65535, 65536]),
+)
+def test_one_whole_frame_per_chunk_reads_as_the_same_frame_cut_in_two(opcode, fin, masked, n):
+    """The fast path (a chunk that is exactly one frame) agrees with the general one."""
+    data = frame(opcode, b"\x00" * n, fin=fin, mask=b"abcd" if masked else None)
+    whole = FrameTracker(masked=True, max_frame=1024, control_rate=1, control_burst=1)
+    cut = FrameTracker(masked=True, max_frame=1024, control_rate=1, control_burst=1)
+    code = whole.feed(data)
+    code_cut = cut.feed(data[:1]) or cut.feed(data[1:])
+    assert code == code_cut
+    if not code:
+        assert (whole.frames, whole.bytes, whole.at_boundary) == (cut.frames, cut.bytes, True)
+        assert (whole.close_seen, whole.ctl_budget) == (cut.close_seen, cut.ctl_budget)
+
+
 def test_byte_by_byte_header():
     data = frame(0x2, b"x" * 70000, mask=b"abcd")
     t = FrameTracker(masked=True)
