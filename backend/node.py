@@ -112,6 +112,7 @@ class Node:
         config: BackendConfig,
         *,
         clock: Callable[[], float] = time.monotonic,
+        new_sid: Callable[[], str] = lambda: secrets.token_urlsafe(12),
     ):
         self.app = app
         self.store = store
@@ -119,6 +120,7 @@ class Node:
         self.config = config
         self.node_id = config.node_id
         self.clock = clock
+        self.new_sid = new_sid  # injected by the simulator, which needs repeatable ids
         self.keys: dict[str, ActiveKey] = {}
         # None: standalone development mode, owns every key and needs no lease.
         self.view: SlotTable | None = None
@@ -321,7 +323,7 @@ class Node:
                 resumed = True
         if session is None:
             session = Session(
-                secrets.token_urlsafe(12),
+                self.new_sid(),
                 key,
                 Outbox(
                     max_count=self.config.replay_max_count, max_bytes=self.config.replay_max_bytes
