@@ -63,6 +63,9 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
     from loadtest.netfault import add_parser
 
     add_parser(sub)
+    from loadtest.simulate import add_parser as add_simulate
+
+    add_simulate(sub)
     return p.parse_args(argv)
 
 
@@ -74,6 +77,10 @@ def main(argv: list[str] | None = None) -> None:
 
         args.fault = args.fault or list(FAULTS)
         sys.exit(netfault_main(args))
+    if args.cmd == "simulate":
+        from loadtest.simulate import main as simulate_main
+
+        sys.exit(simulate_main(args))
     if args.cmd == "bench":
         from loadtest.bench import run_bench
 
