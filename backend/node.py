@@ -275,6 +275,13 @@ class Node:
                 max_bytes=self.config.replay_max_bytes,
             )
             members[sid] = Session(sid, key, out, Inbox(int(s["in"])), detached_at=self.clock())
+        if self.view is not None and (loaded is None or loaded.epoch < epoch):
+            # Claim the key at its epoch before acting on it: from now on the store refuses
+            # every older owner's write (one that stalled past its lease, say, and wakes up
+            # to write what it held), so a history this node builds on is never overwritten.
+            result = self.persist(ak)
+            if result is not Persisted.OK:
+                raise NotOwner(f"could not claim {key!r} at epoch {epoch}: {result.value}")
         self.keys[key] = ak
         return ak
 

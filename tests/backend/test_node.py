@@ -209,6 +209,26 @@ def test_stale_owner_is_fenced(store, clock):
         old.activate("k", 3)  # the same epoch, another owner's record
 
 
+def test_taking_a_key_fences_its_previous_owner_at_once(store, clock):
+    """Found by the simulator (``loadtest simulate``, seed 4, default faults, checkpoint): a
+    node that took a key from an owner presumed dead wrote nothing before its first
+    checkpoint or handoff, so the old owner, waking from a stall past its lease, wrote what
+    it held at its old epoch and the store took it. Taking a key now claims it first."""
+    old = controlled(make_node(store, clock, "a"), table_with({}, "a", 1))
+    w = FakeWire()
+    s, _ = old.attach("k", 1, Hello(None, 0), w)
+    send(old, s, 1, 1)
+    new = controlled(make_node(store, clock, "b"), table_with({}, "b", 5))  # a presumed dead
+    new.attach("k", new.serving_epoch("k"), Hello(None, 0), FakeWire())
+    rec = store.load("k")
+    assert rec is not None and (rec.epoch, rec.owner) == (5, "b")  # claimed before serving
+    clock.t += 4  # a wakes past its lease and writes what it held: refused
+    old.sweep(clock())
+    assert old.stats["stale_writes"] == 1
+    rec = store.load("k")
+    assert rec is not None and (rec.epoch, rec.owner) == (5, "b")
+
+
 class FailingStore:
     def __init__(self, inner):
         self.inner, self.fail = inner, False
@@ -220,6 +240,18 @@ class FailingStore:
         if self.fail:
             raise StoreError("disk full")
         return self.inner.save(*a)
+
+
+def test_a_key_that_cannot_be_claimed_is_not_served(store, clock):
+    flaky = FailingStore(store)
+    node = controlled(make_node(flaky, clock, "a"), table_with({}, "a", 1))
+    flaky.fail = True
+    with pytest.raises(NotOwner):
+        node.attach("k", 1, Hello(None, 0), FakeWire())
+    assert "k" not in node.keys
+    flaky.fail = False
+    _, welcome = node.attach("k", 1, Hello(None, 0), FakeWire())
+    assert welcome.last == 0
 
 
 def test_write_through_store_error_loses_nothing_acked(store, clock):
