@@ -87,6 +87,10 @@ class Session:
     written: int = 0  # highest outbox seq written to the current wire
     ack_sent: int = 0  # highest inbox seq acknowledged on the current wire
     detached_at: float | None = None
+    # Loaded from the store and not resumed since: the outbox's last seq as loaded. A
+    # client that saw a higher seq saw it from a state since lost, and what this node
+    # queued after the load reuses those numbers for other messages.
+    restored_seq: int | None = None
 
     def to_state(self) -> dict[str, Any]:
         return {"in": self.inbox.last, "out": self.outbox.to_state()}
@@ -274,7 +278,14 @@ class Node:
                 max_count=self.config.replay_max_count,
                 max_bytes=self.config.replay_max_bytes,
             )
-            members[sid] = Session(sid, key, out, Inbox(int(s["in"])), detached_at=self.clock())
+            members[sid] = Session(
+                sid,
+                key,
+                out,
+                Inbox(int(s["in"])),
+                detached_at=self.clock(),
+                restored_seq=out.last_seq,
+            )
         if self.view is not None and (loaded is None or loaded.epoch < epoch):
             # Claim the key at its epoch before acting on it: from now on the store refuses
             # every older owner's write (one that stalled past its lease, say, and wakes up
@@ -317,16 +328,18 @@ class Node:
         resumed = False
         session = ak.sessions.get(hello.sid) if hello.sid else None
         if session is not None:
+            kept = session.outbox.last_seq if session.restored_seq is None else session.restored_seq
             if (
                 hello.ack > session.inbox.last  # we processed less than we once acknowledged
                 or hello.last < session.outbox.acked  # the client lost what it acknowledged
-                or hello.last > session.outbox.last_seq  # the client saw more than we kept
+                or hello.last > kept  # the client saw more than we kept
             ):
                 # State was lost (a crash in a mode that had not saved it): cannot resume.
                 del ak.sessions[session.sid]
                 session = None
             else:
                 session.outbox.ack(hello.last)
+                session.restored_seq = None
                 resumed = True
         if session is None:
             session = Session(

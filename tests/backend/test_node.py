@@ -318,6 +318,29 @@ def test_broadcasts_reach_members_between_connections(store, clock):
     assert welcome.resumed and b2 is b
 
 
+@pytest.mark.parametrize("seen", [2, 3])
+def test_a_restored_session_is_resumed_only_from_what_it_held(store, clock, seen):
+    """Found by the simulator (seed 232, light faults, checkpoint, chat): a node that lost a
+    room (a crash after its checkpoint) loaded the checkpoint and broadcast to a member
+    between connections, reusing the seq numbers of what the lost state had sent it. The
+    member's client had seen one of those from the lost state; its hello's ``last`` fell
+    within the new outbox, so it was resumed and silently skipped a message."""
+    node = make_node(store, clock, "a", app=ChatApp(), durability="checkpoint")
+    wa, wb = FakeWire(), FakeWire()
+    a, _ = node.attach("room", 0, Hello(None, 0), wa)
+    b, _ = node.attach("room", 0, Hello(None, 0), wb)
+    node.receive(a, Msg(1, 0, {"text": "one"}))
+    node.flush_all()  # the checkpoint: b's outbox ends at seq 2 ("one")
+    node.receive(a, Msg(2, 0, {"text": "lost"}))  # b may see it as seq 3; then a crash
+    restarted = make_node(store, clock, "a", app=ChatApp(), durability="checkpoint")
+    c, _ = restarted.attach("room", 0, Hello(None, 0), FakeWire())
+    restarted.receive(c, Msg(1, 0, {"text": "new"}))  # b's seq 3 is now "new"
+    b2, welcome = restarted.attach("room", 0, Hello(b.sid, seen), FakeWire())
+    assert welcome.resumed == (seen == 2)
+    if welcome.resumed:
+        assert [m.get("text") for m in replies(b2)][-1] == "new"
+
+
 def test_durability_modes_persist_when_promised(store, clock):
     wt = make_node(store, clock, "a", durability="write-through")
     s, _ = wt.attach("wt", 0, Hello(None, 0), FakeWire())
