@@ -248,7 +248,7 @@ class BackendActor:
         if sess is not self.ctl or not sess.open or agent is None:
             return
         try:
-            msg = cp.decode(raw)
+            msg = self.world.decode_control(raw)
         except ProtocolError as exc:
             self.world.checker.fail("protocol", f"{self.name} got a bad control message: {exc}")
             return

@@ -76,6 +76,9 @@ class ClientActor:
     # ------------------------------------------------------------------ workload
 
     def start(self) -> None:
+        """The client process starts (the planned start, or a restart after a crash)."""
+        if self.state != "idle":
+            return  # it crashed before its planned start: it starts when restarted
         self.incs += 1
         self.connect()
         self._send_later()
@@ -251,8 +254,8 @@ class ClientActor:
     # ------------------------------------------------------------------ faults
 
     def crash(self) -> None:
-        if self.state in ("crashed", "closed"):
-            return
+        if self.state in ("crashed", "closed") or self.incs == 0:
+            return  # not running (yet, or any more)
         self.log("crashed")
         self.state = "crashed"
         conn, self.conn = self.conn, None

@@ -48,7 +48,7 @@ class ControlSession:
 
     def _send(self, to_plane: bool, msg: cp.ControlMessage) -> None:
         pipe = self.link.a_to_b if to_plane else self.link.b_to_a
-        raw = cp.encode(msg)
+        raw = self.world.encode_control(msg)
         chaos = self.world.faults.ctl_chaos
         rng = self.world.rng
         if chaos > 0:

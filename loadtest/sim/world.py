@@ -20,6 +20,8 @@ from typing import NoReturn
 import structlog
 
 from backend.store import MemoryStore
+from clientlib.kernel import control_protocol as cp
+from clientlib.kernel.routing import SlotTable
 from loadtest.sim.backend_actor import BackendActor
 from loadtest.sim.client_actor import ClientActor
 from loadtest.sim.faults import PROFILES, FaultInjector, FaultState
@@ -70,11 +72,32 @@ class World:
         self.ctl_ids = 0
         self.conn_ids = 0
         self._sids = 0
+        self._last_encoded: tuple[object, bytes] = (None, b"")
+        self._tables: dict[bytes, SlotTable] = {}
         self.plane = PlaneActor(self)
         self.backends = {n: BackendActor(self, n) for n in sc.nodes}
         self.clients = [
             ClientActor(self, c.name, c.key, c.total, c.rate, c.window) for c in sc.clients
         ]
+
+    def encode_control(self, msg: cp.ControlMessage) -> bytes:
+        """``cp.encode``, once per message object (a broadcast goes to every node)."""
+        if msg is not self._last_encoded[0]:
+            self._last_encoded = (msg, cp.encode(msg))
+        return self._last_encoded[1]
+
+    def decode_control(self, raw: bytes) -> cp.ControlMessage:
+        """``cp.decode``, once per distinct table: checking a 4096-slot table is the
+        costliest step of a simulation, and every node gets the same one."""
+        table = self._tables.get(raw)
+        if table is not None:
+            return cp.TableUpdate(table.copy())
+        msg = cp.decode(raw)
+        if isinstance(msg, cp.TableUpdate):
+            if len(self._tables) >= 16:
+                self._tables.clear()
+            self._tables[raw] = msg.table.copy()
+        return msg
 
     def new_sid(self) -> str:
         """Session ids, repeatable (the node's default draws them from ``secrets``)."""
