@@ -238,6 +238,11 @@ class Node:
     # ------------------------------------------------------------------ keys
 
     def activate(self, key: str, epoch: int) -> ActiveKey:
+        # The serving rule is checked here again, since a release or a lost lease may fall
+        # between an upgrade's check and its hello: even for a key in memory, which a node
+        # that stalled past its lease still holds until its next tick drops it.
+        if not self.serving():
+            raise NotOwner("not serving")
         ak = self.keys.get(key)
         if ak is not None:
             if ak.frozen:
@@ -245,10 +250,7 @@ class Node:
             if epoch > ak.epoch:
                 ak.epoch = epoch
             return ak
-        # The one place a key comes to life: the serving rule is checked here again, since
-        # a release or a lost lease may fall between an upgrade's check and its hello.
-        if not self.serving():
-            raise NotOwner("not serving")
+        # The one place a key comes to life.
         if self.released_epoch(key) >= epoch:
             raise NotOwner(f"key {key!r} was handed off")
         try:

@@ -164,6 +164,22 @@ def test_no_lease_no_processing(store, clock):
     assert state_of(store, "k")["state"]["count"] == 1  # written before giving up
 
 
+def test_no_lease_no_new_sessions_even_for_a_key_in_memory(store, clock):
+    """Found by the simulator (seed 500, heavy faults, checkpoint): a node woke from a stall
+    past its lease and took a hello that had waited in its socket before its tick noticed
+    the lease was gone. The key was still in memory, and attaching to a key in memory
+    skipped the serving rule: the session was resumed by a node whose key had already
+    been given to another node at a newer epoch."""
+    node = controlled(make_node(store, clock, "a"), table_with({}, "a", 1), lease_s=3.0)
+    w = FakeWire()
+    s, _ = node.attach("k", 1, Hello(None, 0), w)
+    send(node, s, 1, 1)
+    node.detach(s, w)
+    clock.t += 5  # stalled past the lease; nothing has run since
+    with pytest.raises(NotOwner):
+        node.attach("k", 1, Hello(s.sid, 1, 1), FakeWire())
+
+
 def test_slot_move_leaves_overridden_keys_alone(store, clock):
     """Defect 5: a key with its own unit on this node is not part of its slot's move."""
     t = table_with({}, "a", 1)
