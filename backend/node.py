@@ -87,13 +87,18 @@ class Session:
     written: int = 0  # highest outbox seq written to the current wire
     ack_sent: int = 0  # highest inbox seq acknowledged on the current wire
     detached_at: float | None = None
-    # Loaded from the store and not resumed since: the outbox's last seq as loaded. A
-    # client that saw a higher seq saw it from a state since lost, and what this node
-    # queued after the load reuses those numbers for other messages.
-    restored_seq: int | None = None
+    # The outbox's last seq when the session last had a connection (all it held then may
+    # have reached the client). It is stored with the session, so it holds on every node.
+    # What is queued between connections is numbered after it, and a hello that saw more
+    # than it saw it from a state since lost: those numbers may now be other messages.
+    sent: int = 0
+
+    def sent_bound(self) -> int:
+        """The highest seq that may have reached the client (see ``sent``)."""
+        return self.outbox.last_seq if self.wire is not None else self.sent
 
     def to_state(self) -> dict[str, Any]:
-        return {"in": self.inbox.last, "out": self.outbox.to_state()}
+        return {"in": self.inbox.last, "out": self.outbox.to_state(), "sent": self.sent_bound()}
 
 
 @dataclass(eq=False, slots=True)
@@ -286,7 +291,7 @@ class Node:
                 out,
                 Inbox(int(s["in"])),
                 detached_at=self.clock(),
-                restored_seq=out.last_seq,
+                sent=int(s.get("sent", out.last_seq)),  # records written before "sent"
             )
         if self.view is not None and (loaded is None or loaded.epoch < epoch):
             # Claim the key at its epoch before acting on it: from now on the store refuses
@@ -330,18 +335,16 @@ class Node:
         resumed = False
         session = ak.sessions.get(hello.sid) if hello.sid else None
         if session is not None:
-            kept = session.outbox.last_seq if session.restored_seq is None else session.restored_seq
             if (
                 hello.ack > session.inbox.last  # we processed less than we once acknowledged
                 or hello.last < session.outbox.acked  # the client lost what it acknowledged
-                or hello.last > kept  # the client saw more than we kept
+                or hello.last > session.sent_bound()  # the client saw what we never sent it
             ):
                 # State was lost (a crash in a mode that had not saved it): cannot resume.
                 del ak.sessions[session.sid]
                 session = None
             else:
                 session.outbox.ack(hello.last)
-                session.restored_seq = None
                 resumed = True
         if session is None:
             session = Session(
@@ -375,6 +378,7 @@ class Node:
         if session.wire is not wire:
             return  # already replaced by a newer connection of the same session
         session.wire = None
+        session.sent = session.outbox.last_seq
         session.detached_at = self.clock()
         ak = self.keys.get(session.key)
         if ak is None:

@@ -335,12 +335,16 @@ def test_broadcasts_reach_members_between_connections(store, clock):
 
 
 @pytest.mark.parametrize("seen", [2, 3])
-def test_a_restored_session_is_resumed_only_from_what_it_held(store, clock, seen):
-    """Found by the simulator (seed 232, light faults, checkpoint, chat): a node that lost a
-    room (a crash after its checkpoint) loaded the checkpoint and broadcast to a member
-    between connections, reusing the seq numbers of what the lost state had sent it. The
-    member's client had seen one of those from the lost state; its hello's ``last`` fell
-    within the new outbox, so it was resumed and silently skipped a message."""
+@pytest.mark.parametrize("handed_off", [False, True])
+def test_a_restored_session_is_resumed_only_from_what_it_was_sent(store, clock, seen, handed_off):
+    """Found by the simulator (seed 232, light faults, checkpoint, chat; and seed 539,
+    heavy faults, checkpoint, chat, where the reloaded room was handed off before the
+    member came back): a node that lost a room (a crash after its checkpoint) reloaded the
+    checkpoint and broadcast to a member between connections, numbering the messages from
+    the outbox's seq as loaded: the numbers the lost state had already used for other
+    messages. The member's client had seen one of those; its hello's ``last`` fell inside
+    the new outbox, so it was resumed and silently skipped a message. A session now
+    carries the highest seq that may have reached a client, across nodes."""
     node = make_node(store, clock, "a", app=ChatApp(), durability="checkpoint")
     wa, wb = FakeWire(), FakeWire()
     a, _ = node.attach("room", 0, Hello(None, 0), wa)
@@ -351,6 +355,9 @@ def test_a_restored_session_is_resumed_only_from_what_it_held(store, clock, seen
     restarted = make_node(store, clock, "a", app=ChatApp(), durability="checkpoint")
     c, _ = restarted.attach("room", 0, Hello(None, 0), FakeWire())
     restarted.receive(c, Msg(1, 0, {"text": "new"}))  # b's seq 3 is now "new"
+    if handed_off:  # written and loaded again (by the next owner, or after an idle drop)
+        restarted.flush_all()
+        restarted = make_node(store, clock, "a", app=ChatApp(), durability="checkpoint")
     b2, welcome = restarted.attach("room", 0, Hello(b.sid, seen), FakeWire())
     assert welcome.resumed == (seen == 2)
     if welcome.resumed:
