@@ -46,6 +46,7 @@ def add_parser(sub: Any) -> None:
     s.add_argument("--trace", type=int, metavar="SEED", help="print one seed's full trace")
     s.add_argument("--tail", type=int, default=40, help="events shown for a violation")
     s.add_argument("--quiet", action="store_true", help="no progress line")
+    s.add_argument("--counts", action="store_true", help="print what the seeds went through")
 
 
 def _choices(value: str, known: list[str] | tuple[str, ...], what: str) -> list[str]:
@@ -117,10 +118,13 @@ def main(args: argparse.Namespace) -> int:
     started = time.monotonic()
     done, bad, last_line = 0, [], 0.0
     digests: dict[int, str] = {}
+    counts: dict[str, int] = {}
     slowest = 0.0
     for res in run_seeds(seeds, profiles, modes, args.workers):
         done += 1
         digests[res.seed] = res.digest
+        for k, v in res.counts.items():
+            counts[k] = counts.get(k, 0) + v
         if res.ok:
             slowest = max(slowest, res.heal_time)
         else:
@@ -142,6 +146,10 @@ def main(args: argparse.Namespace) -> int:
         print(_report(res, args.tail))
     if len(bad) > 3:
         print(f"... and {len(bad) - 3} more: seeds {sorted(r.seed for r in bad)[3:50]}")
+    if args.counts:
+        print("what the seeds went through (totals):")
+        for k in sorted(counts):
+            print(f"  {k:40} {counts[k]}")
     run_hash = hashlib.blake2b(
         "".join(digests[s] for s in sorted(digests)).encode(), digest_size=16
     ).hexdigest()

@@ -63,6 +63,8 @@ class BackendActor:
         self.stalled_until = 0.0
         self.deferred: list[tuple[str, Callable[..., Any], tuple[Any, ...]]] = []
         self._woken: dict[int, DataConn] = {}
+        self._tallied: Node | None = None
+        self.retired = False  # stopped for good (decommissioned): never started again
 
     def log(self, what: str) -> None:
         self.world.trace.log(self.world.sched.now, f"{self.inc or self.name} {what}")
@@ -100,7 +102,17 @@ class BackendActor:
         self.world.checker.licence(self.inc)
         self._exit("node_gone")
 
+    def tally(self) -> None:
+        """Add this incarnation's node counters to the run's (once)."""
+        node = self.node
+        if node is not None and node is not self._tallied:
+            self._tallied = node
+            for k, v in node.stats.items():
+                if v and k != "messages":
+                    self.world.count(f"node {k}", v)
+
     def _exit(self, how: str) -> None:
+        self.tally()
         self.up = False
         for conn in list(self.conns.values()):
             conn.break_(how)

@@ -200,6 +200,7 @@ class ClientActor:
         s = self.session
         joined, _ = s.welcome(w)
         self.log(f"welcome {w.sid} {joined.value} last={w.last}")
+        self.world.count(f"welcomes {joined.value}")
         if joined is not Joined.RESUMED:
             self.acked_mark = 0  # a new session numbers from 1
         self.state = "up"

@@ -9,6 +9,7 @@ processes are started again.
 
 from __future__ import annotations
 
+import dataclasses
 from dataclasses import dataclass, fields
 from typing import TYPE_CHECKING
 
@@ -77,10 +78,11 @@ PROFILES: dict[str, FaultRates] = {
         client_partition=0.08,
         store_trouble=0.12,
         slow=0.1,
-        ctl_chaos=0.02,
         ambiguous_store=True,
     ),
 }
+# Beyond TCP: control messages also lost, duplicated and reordered within a session.
+PROFILES["adversarial"] = dataclasses.replace(PROFILES["heavy"], ctl_chaos=0.15)
 
 
 class FaultState:
@@ -117,7 +119,12 @@ class FaultInjector:
         getattr(self, f"_{kind}")()
 
     def _node(self) -> str:
-        return self.world.rng.choice(self.world.scenario.nodes)
+        """A node to hit: mostly one that holds keys (a fault elsewhere tests little)."""
+        w = self.world
+        busy = [n for n, b in w.backends.items() if b.node is not None and b.node.keys]
+        if busy and w.rng.random() < 0.7:
+            return w.rng.choice(busy)
+        return w.rng.choice(w.scenario.nodes)
 
     def _cut(self) -> None:
         w = self.world
@@ -134,19 +141,34 @@ class FaultInjector:
         w.sched.after(lo + w.rng.random() * (hi - lo), self._restart, node)
 
     def _restart(self, node: str) -> None:
-        b = self.world.backends[node]
-        if not b.up:
+        w = self.world
+        b = w.backends[node]
+        if b.retired:
+            return
+        if b.up and (b.stopping or b.stalled_until > w.sched.now):
+            w.sched.after(0.5, self._restart, node)  # not gone yet: it stops, or wakes
+        elif not b.up:
             b.start()
 
     def _node_crash(self) -> None:
         node = self._node()
-        self.world.backends[node].crash()
-        self._restart_later(node, 0.3, 4.0)
+        if self.world.backends[node].up:
+            self.world.backends[node].crash()
+            self._restart_later(node, 0.3, 4.0)
 
     def _sigterm(self) -> None:
+        w = self.world
         node = self._node()
-        self.world.backends[node].sigterm()
-        self._restart_later(node, 1.0, 7.0)
+        b = w.backends[node]
+        others = [o for o in w.backends.values() if o is not b and not o.retired]
+        if not b.up or b.stopping:
+            return
+        b.sigterm()
+        if others and w.rng.random() < 0.2:
+            b.retired = True  # decommissioned: its units must find other owners for good
+            w.trace.log(w.sched.now, f"{node} retired")
+        else:
+            self._restart_later(node, 1.0, 7.0)
 
     def _stall(self) -> None:
         w = self.world

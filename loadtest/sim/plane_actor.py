@@ -69,6 +69,8 @@ class PlaneActor:
     def start(self) -> None:
         w = self.world
         self.incs += 1
+        if self.incs > 1:
+            w.count("control plane restarts")
         d = EmbeddedDirectory(self.storage, lease_s=w.scenario.lease_s, clock=w.sched.clock)
         self.core = ControlCore(
             d, w.scenario.core_config(), w.scenario.planner_config(), wall=w.sched.clock
@@ -119,6 +121,7 @@ class PlaneActor:
                         sess.drop(f"plane: {reason}")
                 case MoveFinished(move, committed, outcome):
                     self.log(f"move {move} {'committed' if committed else outcome}")
+                    self.world.count("moves committed" if committed else "moves aborted")
 
     def _tick(self, inc: int) -> None:
         if not self.up or inc != self.incs:
@@ -153,6 +156,7 @@ class PlaneActor:
             route = d.route(conn.key)
             if conn.client_open and (route is None or route.node != conn.node.name):
                 conn.gateway_cut()
+                self.world.count("relays cut by the route check")
 
     # ------------------------------------------------------------------ control endpoint
 
@@ -186,6 +190,7 @@ class PlaneActor:
                 else:
                     del self.sessions[sess.node]
                 sess.to_node(cp.Refused(core.refusal(msg)))
+                self.world.count("registrations refused")
                 self.world.sched.after(0.001, self._close, sess, "refused")
                 return
             sess.registered = True
@@ -302,6 +307,7 @@ class PlaneActor:
             return
         timeout.cancel()
         if status == 421:
+            self.world.count("upgrades answered 421")
             if rerouted < REROUTE_RETRIES:
                 w.sched.after(0.05 * 2**rerouted, self._route, client, att, rerouted + 1)
             else:

@@ -52,7 +52,7 @@ class Result:
     sim_time: float = 0.0
     heal_time: float = 0.0  # the slowest client's finish, after the heal
     applied: int = 0
-    faults: dict[str, int] = field(default_factory=dict)
+    counts: dict[str, int] = field(default_factory=dict)  # what the run went through
 
 
 class World:
@@ -69,6 +69,7 @@ class World:
         self.faults = FaultState(self, rates)
         self.injector = FaultInjector(self, rates)
         self.healed = False
+        self.counts: dict[str, int] = {}
         self.ctl_ids = 0
         self.conn_ids = 0
         self._sids = 0
@@ -98,6 +99,9 @@ class World:
                 self._tables.clear()
             self._tables[raw] = msg.table.copy()
         return msg
+
+    def count(self, what: str, n: int = 1) -> None:
+        self.counts[what] = self.counts.get(what, 0) + n
 
     def new_sid(self) -> str:
         """Session ids, repeatable (the node's default draws them from ``secrets``)."""
@@ -194,5 +198,11 @@ def simulate(seed: int, profile: str, durability: str, *, full_trace: bool = Fal
     res.steps = world.sched.steps
     res.sim_time = world.sched.now
     res.applied = world.checker.applied
-    res.faults = dict(world.injector.count)
+    for b in world.backends.values():
+        b.tally()
+    world.count("history entries applied", world.checker.applied)
+    world.count("history entries dropped (licensed)", world.checker.dropped)
+    for kind, n in world.injector.count.items():
+        world.count(f"fault {kind}", n)
+    res.counts = dict(sorted(world.counts.items()))
     return res
