@@ -243,11 +243,13 @@ class Node:
     # ------------------------------------------------------------------ keys
 
     def activate(self, key: str, epoch: int) -> ActiveKey:
-        # The serving rule is checked here again, since a release or a lost lease may fall
-        # between an upgrade's check and its hello: even for a key in memory, which a node
-        # that stalled past its lease still holds until its next tick drops it.
-        if not self.serving():
-            raise NotOwner("not serving")
+        """The key's state, in memory, to serve at ``epoch`` (the upgrade's check)."""
+        # The serving rule again, in full: between an upgrade's check and its hello a
+        # lease may run out, a release come in, or the table move the key elsewhere (and
+        # on again, so the release is forgotten). The upgrade's epoch counts as a claim.
+        # A key in memory too: a node that stalled past its lease holds its keys until
+        # its next tick drops them.
+        epoch = self.serving_epoch(key, epoch)
         ak = self.keys.get(key)
         if ak is not None:
             if ak.frozen:
@@ -256,8 +258,6 @@ class Node:
                 ak.epoch = epoch
             return ak
         # The one place a key comes to life.
-        if self.released_epoch(key) >= epoch:
-            raise NotOwner(f"key {key!r} was handed off")
         try:
             loaded = self.store.load(key)
         except StoreError as exc:

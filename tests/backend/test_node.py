@@ -180,6 +180,30 @@ def test_no_lease_no_new_sessions_even_for_a_key_in_memory(store, clock):
         node.attach("k", 1, Hello(s.sid, 1, 1), FakeWire())
 
 
+def test_a_hello_after_the_table_moved_on_is_refused(store, clock):
+    """Found by the simulator (seed 30, heavy faults with control messages also lost and
+    reordered): an upgrade checked at epoch 1 sent its hello late; meanwhile the key's slot
+    was released to b (the key was not in memory, so nothing was written), then given to c
+    (a newer epoch, so the release was forgotten). The hello activated the key at epoch 1
+    from the store, which held nothing newer: two nodes served it."""
+    node = controlled(make_node(store, clock, "a"), table_with({}, "a", 1))
+    epoch = node.serving_epoch("k")  # the upgrade's check
+    slot = slot_of("k")
+    node.release(2, [(("slot", slot), "b")])
+    node.set_view(_moved(slot, "b", 2))
+    node.set_view(_moved(slot, "c", 3))
+    assert not node.released  # the table has moved past the release
+    with pytest.raises(NotOwner):
+        node.attach("k", epoch, Hello(None, 0), FakeWire())
+    assert "k" not in node.keys
+
+
+def _moved(slot: int, owner: str, epoch: int) -> SlotTable:
+    t = table_with({}, "a", 1)
+    t.set_slot(slot, owner, epoch)
+    return t
+
+
 def test_slot_move_leaves_overridden_keys_alone(store, clock):
     """Defect 5: a key with its own unit on this node is not part of its slot's move."""
     t = table_with({}, "a", 1)
