@@ -107,6 +107,10 @@ class ControlAgent:
                 log.error("registration_refused", reason=reason)
             case cp.ControlError(error):
                 log.error("control_error", error=error)
+                if not self.registered:
+                    # Our registration never arrived (the plane answers a report before
+                    # it with an error, and would forever): register again.
+                    return self.connected(now)
             case cp.Register() | cp.Report() | cp.Released() | cp.Leave():
                 log.error("control_message_refused", error=f"{type(msg).__name__} is for the plane")
             case _:
