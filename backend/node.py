@@ -108,6 +108,7 @@ class ActiveKey:
     epoch: int  # the epoch this node serves (and writes) the key at
     sessions: dict[str, Session] = field(default_factory=dict)  # every resumable session
     frozen: bool = False  # handed off or stopping: messages are held, neither processed nor acked
+    flushed_at: int = -1  # the release epoch its state was written at for the new owner
     dirty: bool = False
     idle_since: float | None = None
 
@@ -476,6 +477,7 @@ class Node:
 
     def _thaw(self, ak: ActiveKey) -> None:
         ak.frozen = False
+        ak.flushed_at = -1
         for s in ak.sessions.values():
             if s.wire is not None:
                 s.wire.wake()  # held input is processed now, in order
@@ -499,12 +501,20 @@ class Node:
         Returns (keys flushed, error: empty when every write succeeded)."""
         flushed, errors = 0, []
         for unit, dst in targets:
+            if self.view is not None and self.view.holder(unit)[1] >= epoch:
+                continue  # the table has moved past this move (committed or aborted): stale
             if self.released.get(unit, 0) < epoch:
                 self.released[unit] = epoch
             for ak in self.keys_in([unit]):
                 ak.frozen = True
+                if ak.flushed_at == epoch:
+                    # Written already and frozen since: a repeated order must not write it
+                    # again, as the new owner may have taken over and written since.
+                    flushed += 1
+                    continue
                 result = self.persist(ak, epoch, dst)
                 if result is Persisted.OK:
+                    ak.flushed_at = epoch
                     flushed += 1
                 else:
                     errors.append(f"{ak.ctx.key}: {result.value}")

@@ -134,6 +134,38 @@ def test_aborted_move_resumes_held_messages_in_order(store, clock):
     assert node.keys["k"].epoch == 3
 
 
+def test_a_repeated_release_does_not_write_again(store, clock):
+    """Found by the simulator (seed 1031, adversarial profile): a release order repeated
+    after the source had written the key for the new owner wrote it again; had the new
+    owner taken over (the commit reached the gateway before the repeat reached the source)
+    and written since, its state was overwritten with the older one, at the same epoch."""
+    a = controlled(make_node(store, clock, "a"), table_with({}, "a", 1))
+    s, _ = a.attach("k", 1, Hello(None, 0), FakeWire())
+    send(a, s, 1, 1)
+    assert a.release(2, [(("key", "k"), "b")]) == (1, "")
+    committed = table_with({}, "a", 1)
+    committed.set_override("k", "b", 2)
+    b = controlled(make_node(store, clock, "b", durability="write-through"), committed)
+    s2, _ = b.attach("k", b.serving_epoch("k"), Hello(s.sid, 1, 1), FakeWire())
+    send(b, s2, 2, 2)  # written through by b at epoch 2
+    assert a.release(2, [(("key", "k"), "b")]) == (1, "")  # the order again: nothing written
+    assert state_of(store, "k")["state"]["count"] == 2
+
+
+def test_a_release_the_table_has_moved_past_is_ignored(store, clock):
+    """The same seed: a copy of a release order arrived after its move was aborted, froze
+    the key the abort had just given back, and wrote it for the other node."""
+    a = controlled(make_node(store, clock, "a"), table_with({}, "a", 1))
+    s, _ = a.attach("k", 1, Hello(None, 0), FakeWire())
+    send(a, s, 1, 1)
+    a.release(2, [(("slot", slot_of("k")), "b")])
+    a.set_view(table_with({}, "a", 3))  # aborted: back to a at epoch 3
+    send(a, s, 2, 2)
+    assert a.release(2, [(("slot", slot_of("k")), "b")]) == (0, "")  # a late copy
+    assert not a.keys["k"].frozen
+    assert send(a, s, 3, 3)
+
+
 def test_frozen_keys_end_with_the_lease(store, clock):
     """Defects 3 and 4: neither commit nor abort comes (the control plane is gone):
     when the lease runs out the node writes what it holds and stops serving."""
