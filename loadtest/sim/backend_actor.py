@@ -127,8 +127,6 @@ class BackendActor:
         if not self.up:
             return
         self.log(f"stalls for {duration:.2f}s")
-        if duration > 2.0:  # past its lease: the plane may give its keys away
-            self.world.checker.licence(self.inc)
         self.stalled_until = max(self.stalled_until, self.world.sched.now + duration)
         self.world.sched.at(self.stalled_until, self.wake, self.inc)
 

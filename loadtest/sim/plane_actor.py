@@ -115,6 +115,7 @@ class PlaneActor:
                     for sess in list(self.sessions.values()):
                         sess.to_node(msg)
                 case Disconnect(node, reason):
+                    self._declared_dead(node, reason)
                     sess = self.sessions.pop(node, None)
                     if sess is not None:
                         self.open.pop(sess.id, None)
@@ -122,6 +123,23 @@ class PlaneActor:
                 case MoveFinished(move, committed, outcome):
                     self.log(f"move {move} {'committed' if committed else outcome}")
                     self.world.count("moves committed" if committed else "moves aborted")
+
+    def _declared_dead(self, node: str, reason: str) -> None:
+        """A node presumed dead while it runs nothing (stalled) could not write what it
+        held before its keys went elsewhere: it may lose it, as in a crash. One that runs
+        has written it already, when its own lease (shorter) ran out."""
+        b = self.world.backends.get(node)
+        if reason == "lease expired" and b is not None and b.up:
+            if b.stalled_until > self.world.sched.now:
+                self.world.checker.licence(b.inc)
+            elif b.node is not None and b.node.keys:
+                # The lease's promise: a running node has stopped serving (and written
+                # what it held) before the plane gives its keys away.
+                self.world.checker.fail(
+                    "single-owner",
+                    f"{b.inc} presumed dead while it runs and still holds "
+                    f"{sorted(b.node.keys)} (its lease ended at {b.node.lease_until:.3f})",
+                )
 
     def _tick(self, inc: int) -> None:
         if not self.up or inc != self.incs:
