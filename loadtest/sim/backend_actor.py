@@ -62,6 +62,7 @@ class BackendActor:
         self.ctl_attempt = 0
         self.stalled_until = 0.0
         self.deferred: list[tuple[str, Callable[..., Any], tuple[Any, ...]]] = []
+        self.deferred_timers: list[tuple[str, Callable[..., Any], tuple[Any, ...]]] = []
         self._woken: dict[int, DataConn] = {}
         self._tallied: Node | None = None
         self.retired = False  # stopped for good (decommissioned): never started again
@@ -78,6 +79,7 @@ class BackendActor:
         self.up, self.stopping, self.finished = True, False, False
         self.stalled_until = 0.0
         self.deferred.clear()
+        self.deferred_timers.clear()
         recorder = Recorder(w.scenario.app_class()(), w.checker, self.name, self.inc)
         meter = LoadMeter(w.scenario.capacity[self.name])
         store = FaultyStore(w.store, w.faults.store, w.checker, self.name, self.inc)
@@ -90,9 +92,8 @@ class BackendActor:
             self.node, meter, advertise=(self.name, 9000), incarnation=self.inc
         )
         self.log("started")
-        inc = self.inc
-        w.sched.after(SWEEP_S, self.run, inc, self._sweep)
-        w.sched.after(TICK_S, self.run, inc, self._tick)
+        self.timer(SWEEP_S, self._sweep)
+        self.timer(TICK_S, self._tick)
         self._connect_control()
 
     def crash(self) -> None:
@@ -131,19 +132,37 @@ class BackendActor:
         self.world.sched.at(self.stalled_until, self.wake, self.inc)
 
     def wake(self, inc: str) -> None:
+        """The stall ends. As an asyncio loop does when it runs again, what arrived on its
+        sockets is handled before the timers that fell due meanwhile."""
         if inc != self.inc or not self.up or self.world.sched.now < self.stalled_until:
             return
         self.log("wakes")
         held, self.deferred = self.deferred, []
+        timers, self.deferred_timers = self.deferred_timers, []
         for i, fn, args in held:
             self.run(i, fn, *args)
+        for i, fn, args in timers:
+            self._fire(i, fn, args)
 
     def run(self, inc: str, fn: Callable[..., Any], *args: Any) -> None:
-        """Carry out one event in this process (see the module doc)."""
+        """Carry out one event from the network in this process (see the module doc)."""
         if inc != self.inc or not self.up:
             return
         if self.world.sched.now < self.stalled_until:
             self.deferred.append((inc, fn, args))
+            return
+        fn(*args)
+        self._flush()
+
+    def timer(self, delay: float, fn: Callable[..., Any], *args: Any) -> None:
+        """Call ``fn`` after ``delay`` in this incarnation (a timer of its event loop)."""
+        self.world.sched.after(delay, self._fire, self.inc, fn, args)
+
+    def _fire(self, inc: str, fn: Callable[..., Any], args: tuple[Any, ...]) -> None:
+        if inc != self.inc or not self.up:
+            return
+        if self.world.sched.now < self.stalled_until:
+            self.deferred_timers.append((inc, fn, args))
             return
         fn(*args)
         self._flush()
@@ -160,14 +179,14 @@ class BackendActor:
     def _sweep(self) -> None:
         assert self.node is not None
         self.node.sweep(self.world.sched.now)
-        self.world.sched.after(SWEEP_S, self.run, self.inc, self._sweep)
+        self.timer(SWEEP_S, self._sweep)
 
     def _tick(self) -> None:
         assert self.agent is not None
         if self.ctl is not None and self.ctl.open:
             for m in self.agent.tick(self.world.sched.now):
                 self.ctl.to_plane(m)
-        self.world.sched.after(TICK_S, self.run, self.inc, self._tick)
+        self.timer(TICK_S, self._tick)
 
     # ------------------------------------------------------------------ SIGTERM
 
@@ -187,7 +206,7 @@ class BackendActor:
             return
         for m in self.agent.leave():
             self.ctl.to_plane(m)
-        self.world.sched.after(LEAVE_TIMEOUT_S, self.run, self.inc, self._finish_stop, False)
+        self.timer(LEAVE_TIMEOUT_S, self._finish_stop, False)
 
     def _finish_stop(self, handed_off: bool) -> None:
         node = self.node
@@ -234,7 +253,7 @@ class BackendActor:
         if self.agent.leaving:
             self._finish_stop(True)  # as the control client does: its leave() returns
             return
-        w.sched.after(delay or 0.1, self.run, self.inc, self._connect_control)
+        self.timer(delay or 0.1, self._connect_control)
 
     def _control_open(self) -> None:
         w = self.world

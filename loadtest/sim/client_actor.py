@@ -149,6 +149,7 @@ class ClientActor:
         if not self.waiting(att):
             return
         self.log(f"upgrade refused: {status} retry-after {retry_after}")
+        self.world.count(f"upgrades refused {status or 'no answer'}")
         if status in (429, 503):
             after = retry_after * 1000 if retry_after is not None else None
             self._reconnect_later(Action.RETRY_AFTER, CloseHint(after_ms=after), 0.0)
