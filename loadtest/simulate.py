@@ -129,6 +129,8 @@ def main(args: argparse.Namespace) -> int:
             slowest = max(slowest, res.heal_time)
         else:
             bad.append(res)
+            note = f"[simulate] seed {res.seed} ({res.profile}, {res.durability}): {res.invariant}"
+            print(f"\r{note}" if live else note, file=sys.stderr)
         now = time.monotonic()
         if not args.quiet and (now - last_line > (0.2 if live else 10.0) or done == len(seeds)):
             last_line = now

@@ -7,16 +7,18 @@ count; for chat, found from the last history entry). The checker keeps each
 key's history as one list. A node that applies a message must apply it at the
 end of that list; a node that loads a key's state (activation) may load an
 older position only if every entry it drops was applied by an incarnation
-allowed to lose memory (a **licence**: it crashed, it stalled past its lease, or
-a store write of it failed); in write-through mode only entries never
-acknowledged to their client may go. Nothing may load or apply a state the
-history never reached.
+allowed to lose memory (a **licence**: it crashed, it was presumed dead while
+stalled, or a store write of it failed); in write-through mode only entries
+never acknowledged to their client may go. Nothing may load or apply a state the
+history never reached. The drop takes effect when the loading node acts on the
+key (it may yet refuse it).
 
 **Ownership** (invariant 1). Per key, the epoch at which nodes act on it
-(activate it, apply a message) never goes down, and at one epoch only one node
-acts. The store accepts no write that another node's newer action has
-superseded. (Checked separately, every step: at most one node holds the key
-active, unfrozen and under a valid lease.)
+(take a session, apply a message) never goes down, and at one epoch only one
+node acts. The store accepts no write that another node's newer action has
+superseded. (Checked elsewhere: every step, at most one node holds the key
+active, unfrozen and under a valid lease; and a running node the plane presumes
+dead holds no keys by then.)
 
 **Exactly once, in order** (2, 3). Within one session an entry is applied once;
 what the app sends to a session reaches the client once and in order (for the
