@@ -9,7 +9,12 @@ is due and keeps the node's lease. The asyncio shell
 ``Granted(seq, lease_ms)``. The node's lease then runs until the moment the
 report was *sent* plus ``lease_ms`` minus a safety margin. The plane counts its
 side of the lease from when it *received* the report, which is later, so the
-node always stops serving before the plane gives its units away.
+node always stops serving before the plane gives its units away. Stopping
+(:meth:`Node.lease_lost`: write what it holds, drop its keys) needs the node to
+*notice*: the tick does every 0.1 s while a control session is up, the node's
+housekeeping every second between sessions. So the margin is never shorter than
+``LEASE_CHECK_S``, or a node cut off from the plane would write its keys after
+their new owner had taken them (and lose what it held in memory).
 """
 
 from __future__ import annotations
@@ -26,7 +31,11 @@ from backend.node import Node
 from backend.store import StoreError
 from clientlib.kernel import control_protocol as cp
 
-__all__ = ["ControlAgent"]
+__all__ = ["LEASE_CHECK_S", "ControlAgent"]
+
+#: The longest a node may take to notice its lease ran out (its housekeeping runs every
+#: second when no control session ticks), plus time to act on it.
+LEASE_CHECK_S = 1.1
 
 log = structlog.get_logger("backend.control")
 
@@ -89,7 +98,9 @@ class ControlAgent:
             case cp.Granted(seq, lease_ms):
                 sent = self._sent.get(seq)
                 if sent is not None:
-                    node.grant_lease(sent + lease_ms / 1000 * (1 - self.lease_margin))
+                    lease_s = lease_ms / 1000
+                    margin = max(lease_s * self.lease_margin, LEASE_CHECK_S)
+                    node.grant_lease(sent + lease_s - margin)
                     self.registered = True
                     self.refused = None
                     while self._sent and next(iter(self._sent)) <= seq:
@@ -107,6 +118,10 @@ class ControlAgent:
                 log.error("registration_refused", reason=reason)
             case cp.ControlError(error):
                 log.error("control_error", error=error)
+                if not self.registered:
+                    # Our registration never arrived (the plane answers a report before
+                    # it with an error, and would forever): register again.
+                    return self.connected(now)
             case cp.Register() | cp.Report() | cp.Released() | cp.Leave():
                 log.error("control_message_refused", error=f"{type(msg).__name__} is for the plane")
             case _:

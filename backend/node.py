@@ -87,9 +87,18 @@ class Session:
     written: int = 0  # highest outbox seq written to the current wire
     ack_sent: int = 0  # highest inbox seq acknowledged on the current wire
     detached_at: float | None = None
+    # The outbox's last seq when the session last had a connection (all it held then may
+    # have reached the client). It is stored with the session, so it holds on every node.
+    # What is queued between connections is numbered after it, and a hello that saw more
+    # than it saw it from a state since lost: those numbers may now be other messages.
+    sent: int = 0
+
+    def sent_bound(self) -> int:
+        """The highest seq that may have reached the client (see ``sent``)."""
+        return self.outbox.last_seq if self.wire is not None else self.sent
 
     def to_state(self) -> dict[str, Any]:
-        return {"in": self.inbox.last, "out": self.outbox.to_state()}
+        return {"in": self.inbox.last, "out": self.outbox.to_state(), "sent": self.sent_bound()}
 
 
 @dataclass(eq=False, slots=True)
@@ -99,6 +108,7 @@ class ActiveKey:
     epoch: int  # the epoch this node serves (and writes) the key at
     sessions: dict[str, Session] = field(default_factory=dict)  # every resumable session
     frozen: bool = False  # handed off or stopping: messages are held, neither processed nor acked
+    flushed_at: int = -1  # the release epoch its state was written at for the new owner
     dirty: bool = False
     idle_since: float | None = None
 
@@ -112,6 +122,7 @@ class Node:
         config: BackendConfig,
         *,
         clock: Callable[[], float] = time.monotonic,
+        new_sid: Callable[[], str] = lambda: secrets.token_urlsafe(12),
     ):
         self.app = app
         self.store = store
@@ -119,6 +130,7 @@ class Node:
         self.config = config
         self.node_id = config.node_id
         self.clock = clock
+        self.new_sid = new_sid  # injected by the simulator, which needs repeatable ids
         self.keys: dict[str, ActiveKey] = {}
         # None: standalone development mode, owns every key and needs no lease.
         self.view: SlotTable | None = None
@@ -232,6 +244,13 @@ class Node:
     # ------------------------------------------------------------------ keys
 
     def activate(self, key: str, epoch: int) -> ActiveKey:
+        """The key's state, in memory, to serve at ``epoch`` (the upgrade's check)."""
+        # The serving rule again, in full: between an upgrade's check and its hello a
+        # lease may run out, a release come in, or the table move the key elsewhere (and
+        # on again, so the release is forgotten). The upgrade's epoch counts as a claim.
+        # A key in memory too: a node that stalled past its lease holds its keys until
+        # its next tick drops them.
+        epoch = self.serving_epoch(key, epoch)
         ak = self.keys.get(key)
         if ak is not None:
             if ak.frozen:
@@ -239,12 +258,7 @@ class Node:
             if epoch > ak.epoch:
                 ak.epoch = epoch
             return ak
-        # The one place a key comes to life: the serving rule is checked here again, since
-        # a release or a lost lease may fall between an upgrade's check and its hello.
-        if not self.serving():
-            raise NotOwner("not serving")
-        if self.released_epoch(key) >= epoch:
-            raise NotOwner(f"key {key!r} was handed off")
+        # The one place a key comes to life.
         try:
             loaded = self.store.load(key)
         except StoreError as exc:
@@ -272,7 +286,21 @@ class Node:
                 max_count=self.config.replay_max_count,
                 max_bytes=self.config.replay_max_bytes,
             )
-            members[sid] = Session(sid, key, out, Inbox(int(s["in"])), detached_at=self.clock())
+            members[sid] = Session(
+                sid,
+                key,
+                out,
+                Inbox(int(s["in"])),
+                detached_at=self.clock(),
+                sent=int(s.get("sent", out.last_seq)),  # records written before "sent"
+            )
+        if self.view is not None and (loaded is None or loaded.epoch < epoch):
+            # Claim the key at its epoch before acting on it: from now on the store refuses
+            # every older owner's write (one that stalled past its lease, say, and wakes up
+            # to write what it held), so a history this node builds on is never overwritten.
+            result = self.persist(ak)
+            if result is not Persisted.OK:
+                raise NotOwner(f"could not claim {key!r} at epoch {epoch}: {result.value}")
         self.keys[key] = ak
         return ak
 
@@ -311,7 +339,7 @@ class Node:
             if (
                 hello.ack > session.inbox.last  # we processed less than we once acknowledged
                 or hello.last < session.outbox.acked  # the client lost what it acknowledged
-                or hello.last > session.outbox.last_seq  # the client saw more than we kept
+                or hello.last > session.sent_bound()  # the client saw what we never sent it
             ):
                 # State was lost (a crash in a mode that had not saved it): cannot resume.
                 del ak.sessions[session.sid]
@@ -321,7 +349,7 @@ class Node:
                 resumed = True
         if session is None:
             session = Session(
-                secrets.token_urlsafe(12),
+                self.new_sid(),
                 key,
                 Outbox(
                     max_count=self.config.replay_max_count, max_bytes=self.config.replay_max_bytes
@@ -351,6 +379,7 @@ class Node:
         if session.wire is not wire:
             return  # already replaced by a newer connection of the same session
         session.wire = None
+        session.sent = session.outbox.last_seq
         session.detached_at = self.clock()
         ak = self.keys.get(session.key)
         if ak is None:
@@ -448,6 +477,7 @@ class Node:
 
     def _thaw(self, ak: ActiveKey) -> None:
         ak.frozen = False
+        ak.flushed_at = -1
         for s in ak.sessions.values():
             if s.wire is not None:
                 s.wire.wake()  # held input is processed now, in order
@@ -471,12 +501,20 @@ class Node:
         Returns (keys flushed, error: empty when every write succeeded)."""
         flushed, errors = 0, []
         for unit, dst in targets:
+            if self.view is not None and self.view.holder(unit)[1] >= epoch:
+                continue  # the table has moved past this move (committed or aborted): stale
             if self.released.get(unit, 0) < epoch:
                 self.released[unit] = epoch
             for ak in self.keys_in([unit]):
                 ak.frozen = True
+                if ak.flushed_at == epoch:
+                    # Written already and frozen since: a repeated order must not write it
+                    # again, as the new owner may have taken over and written since.
+                    flushed += 1
+                    continue
                 result = self.persist(ak, epoch, dst)
                 if result is Persisted.OK:
+                    ak.flushed_at = epoch
                     flushed += 1
                 else:
                     errors.append(f"{ak.ctx.key}: {result.value}")

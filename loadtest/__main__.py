@@ -114,6 +114,9 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
 
     add_backend_attack_parser(sub)
     add_cluster_parser(sub)
+    from loadtest.simulate import add_parser as add_simulate
+
+    add_simulate(sub)
     return p.parse_args(argv)
 
 
@@ -146,6 +149,10 @@ def main(argv: list[str] | None = None) -> None:
         from loadtest.attack import main as attack_main
 
         sys.exit(attack_main(args))
+    if args.cmd == "simulate":
+        from loadtest.simulate import main as simulate_main
+
+        sys.exit(simulate_main(args))
     if args.cmd == "bench":
         from loadtest.bench import run_bench
 

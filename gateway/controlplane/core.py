@@ -227,12 +227,19 @@ class ControlCore:
             log.warning("node_dead", node=node, units=len(units))
             out.append(Disconnect(node, "lease expired"))
             changed = True
-        if (
-            self._first_register is not None
-            and now - self._first_register >= self.cfg.settle_s
-            and d.assign_unowned()
-        ):
-            changed = True
+        if self._first_register is not None and now - self._first_register >= self.cfg.settle_s:
+            if d.assign_unowned():
+                changed = True
+            orphans = d.orphaned()
+            live = [n.id for n in d.live()]
+            if orphans and live:
+                # Their owner died or left when nobody could take them: they would wait
+                # for that very node to come back (maybe never).
+                d.spread(orphans, live)
+                self._cool(orphans, now)
+                self._history("orphans", "", None, orphans, 0.0, "done", now)
+                log.warning("orphans_reassigned", units=len(orphans))
+                changed = True
         if changed:
             out.append(Broadcast(cp.TableUpdate(d.table)))
         for rec in list(d.moves.values()):

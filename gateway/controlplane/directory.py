@@ -325,6 +325,21 @@ class EmbeddedDirectory:
         self.save()
         return out
 
+    def orphaned(self) -> list[Unit]:
+        """Units whose owner is gone (dead, left, or unknown since a restart): a node that
+        died or left when no live node could take its units still holds them."""
+        owners = set(self.table.owners) | {o for o, _ in self.table.overrides.values()}
+        gone = {o for o in owners if o is not None and not self._alive(o)}
+        if not gone:
+            return []
+        units: list[Unit] = [("slot", s) for s, o in enumerate(self.table.owners) if o in gone]
+        units += [("key", k) for k, (o, _) in self.table.overrides.items() if o in gone]
+        return units
+
+    def _alive(self, node: str) -> bool:
+        e = self.nodes.get(node)
+        return e is not None and e.alive
+
     def assign_unowned(self) -> int:
         """Give slots nobody owns to the live nodes, evenly (first start)."""
         live = sorted(n.id for n in self.live())

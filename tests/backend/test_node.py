@@ -134,6 +134,38 @@ def test_aborted_move_resumes_held_messages_in_order(store, clock):
     assert node.keys["k"].epoch == 3
 
 
+def test_a_repeated_release_does_not_write_again(store, clock):
+    """Found by the simulator (seed 1031, adversarial profile): a release order repeated
+    after the source had written the key for the new owner wrote it again; had the new
+    owner taken over (the commit reached the gateway before the repeat reached the source)
+    and written since, its state was overwritten with the older one, at the same epoch."""
+    a = controlled(make_node(store, clock, "a"), table_with({}, "a", 1))
+    s, _ = a.attach("k", 1, Hello(None, 0), FakeWire())
+    send(a, s, 1, 1)
+    assert a.release(2, [(("key", "k"), "b")]) == (1, "")
+    committed = table_with({}, "a", 1)
+    committed.set_override("k", "b", 2)
+    b = controlled(make_node(store, clock, "b", durability="write-through"), committed)
+    s2, _ = b.attach("k", b.serving_epoch("k"), Hello(s.sid, 1, 1), FakeWire())
+    send(b, s2, 2, 2)  # written through by b at epoch 2
+    assert a.release(2, [(("key", "k"), "b")]) == (1, "")  # the order again: nothing written
+    assert state_of(store, "k")["state"]["count"] == 2
+
+
+def test_a_release_the_table_has_moved_past_is_ignored(store, clock):
+    """The same seed: a copy of a release order arrived after its move was aborted, froze
+    the key the abort had just given back, and wrote it for the other node."""
+    a = controlled(make_node(store, clock, "a"), table_with({}, "a", 1))
+    s, _ = a.attach("k", 1, Hello(None, 0), FakeWire())
+    send(a, s, 1, 1)
+    a.release(2, [(("slot", slot_of("k")), "b")])
+    a.set_view(table_with({}, "a", 3))  # aborted: back to a at epoch 3
+    send(a, s, 2, 2)
+    assert a.release(2, [(("slot", slot_of("k")), "b")]) == (0, "")  # a late copy
+    assert not a.keys["k"].frozen
+    assert send(a, s, 3, 3)
+
+
 def test_frozen_keys_end_with_the_lease(store, clock):
     """Defects 3 and 4: neither commit nor abort comes (the control plane is gone):
     when the lease runs out the node writes what it holds and stops serving."""
@@ -162,6 +194,46 @@ def test_no_lease_no_processing(store, clock):
     assert s.inbox.last == 1
     assert w.closed is not None and w.closed[0] == CloseCode.SERVICE_RESTART
     assert state_of(store, "k")["state"]["count"] == 1  # written before giving up
+
+
+def test_no_lease_no_new_sessions_even_for_a_key_in_memory(store, clock):
+    """Found by the simulator (seed 500, heavy faults, checkpoint): a node woke from a stall
+    past its lease and took a hello that had waited in its socket before its tick noticed
+    the lease was gone. The key was still in memory, and attaching to a key in memory
+    skipped the serving rule: the session was resumed by a node whose key had already
+    been given to another node at a newer epoch."""
+    node = controlled(make_node(store, clock, "a"), table_with({}, "a", 1), lease_s=3.0)
+    w = FakeWire()
+    s, _ = node.attach("k", 1, Hello(None, 0), w)
+    send(node, s, 1, 1)
+    node.detach(s, w)
+    clock.t += 5  # stalled past the lease; nothing has run since
+    with pytest.raises(NotOwner):
+        node.attach("k", 1, Hello(s.sid, 1, 1), FakeWire())
+
+
+def test_a_hello_after_the_table_moved_on_is_refused(store, clock):
+    """Found by the simulator (seed 30, heavy faults with control messages also lost and
+    reordered): an upgrade checked at epoch 1 sent its hello late; meanwhile the key's slot
+    was released to b (the key was not in memory, so nothing was written), then given to c
+    (a newer epoch, so the release was forgotten). The hello activated the key at epoch 1
+    from the store, which held nothing newer: two nodes served it."""
+    node = controlled(make_node(store, clock, "a"), table_with({}, "a", 1))
+    epoch = node.serving_epoch("k")  # the upgrade's check
+    slot = slot_of("k")
+    node.release(2, [(("slot", slot), "b")])
+    node.set_view(_moved(slot, "b", 2))
+    node.set_view(_moved(slot, "c", 3))
+    assert not node.released  # the table has moved past the release
+    with pytest.raises(NotOwner):
+        node.attach("k", epoch, Hello(None, 0), FakeWire())
+    assert "k" not in node.keys
+
+
+def _moved(slot: int, owner: str, epoch: int) -> SlotTable:
+    t = table_with({}, "a", 1)
+    t.set_slot(slot, owner, epoch)
+    return t
 
 
 def test_slot_move_leaves_overridden_keys_alone(store, clock):
@@ -209,6 +281,26 @@ def test_stale_owner_is_fenced(store, clock):
         old.activate("k", 3)  # the same epoch, another owner's record
 
 
+def test_taking_a_key_fences_its_previous_owner_at_once(store, clock):
+    """Found by the simulator (``loadtest simulate``, seed 4, default faults, checkpoint): a
+    node that took a key from an owner presumed dead wrote nothing before its first
+    checkpoint or handoff, so the old owner, waking from a stall past its lease, wrote what
+    it held at its old epoch and the store took it. Taking a key now claims it first."""
+    old = controlled(make_node(store, clock, "a"), table_with({}, "a", 1))
+    w = FakeWire()
+    s, _ = old.attach("k", 1, Hello(None, 0), w)
+    send(old, s, 1, 1)
+    new = controlled(make_node(store, clock, "b"), table_with({}, "b", 5))  # a presumed dead
+    new.attach("k", new.serving_epoch("k"), Hello(None, 0), FakeWire())
+    rec = store.load("k")
+    assert rec is not None and (rec.epoch, rec.owner) == (5, "b")  # claimed before serving
+    clock.t += 4  # a wakes past its lease and writes what it held: refused
+    old.sweep(clock())
+    assert old.stats["stale_writes"] == 1
+    rec = store.load("k")
+    assert rec is not None and (rec.epoch, rec.owner) == (5, "b")
+
+
 class FailingStore:
     def __init__(self, inner):
         self.inner, self.fail = inner, False
@@ -220,6 +312,18 @@ class FailingStore:
         if self.fail:
             raise StoreError("disk full")
         return self.inner.save(*a)
+
+
+def test_a_key_that_cannot_be_claimed_is_not_served(store, clock):
+    flaky = FailingStore(store)
+    node = controlled(make_node(flaky, clock, "a"), table_with({}, "a", 1))
+    flaky.fail = True
+    with pytest.raises(NotOwner):
+        node.attach("k", 1, Hello(None, 0), FakeWire())
+    assert "k" not in node.keys
+    flaky.fail = False
+    _, welcome = node.attach("k", 1, Hello(None, 0), FakeWire())
+    assert welcome.last == 0
 
 
 def test_write_through_store_error_loses_nothing_acked(store, clock):
@@ -284,6 +388,36 @@ def test_broadcasts_reach_members_between_connections(store, clock):
     assert texts == ["while you were away"]
     b2, welcome = node.attach("room", 0, Hello(b.sid, 1), FakeWire())
     assert welcome.resumed and b2 is b
+
+
+@pytest.mark.parametrize("seen", [2, 3])
+@pytest.mark.parametrize("handed_off", [False, True])
+def test_a_restored_session_is_resumed_only_from_what_it_was_sent(store, clock, seen, handed_off):
+    """Found by the simulator (seed 232, light faults, checkpoint, chat; and seed 539,
+    heavy faults, checkpoint, chat, where the reloaded room was handed off before the
+    member came back): a node that lost a room (a crash after its checkpoint) reloaded the
+    checkpoint and broadcast to a member between connections, numbering the messages from
+    the outbox's seq as loaded: the numbers the lost state had already used for other
+    messages. The member's client had seen one of those; its hello's ``last`` fell inside
+    the new outbox, so it was resumed and silently skipped a message. A session now
+    carries the highest seq that may have reached a client, across nodes."""
+    node = make_node(store, clock, "a", app=ChatApp(), durability="checkpoint")
+    wa, wb = FakeWire(), FakeWire()
+    a, _ = node.attach("room", 0, Hello(None, 0), wa)
+    b, _ = node.attach("room", 0, Hello(None, 0), wb)
+    node.receive(a, Msg(1, 0, {"text": "one"}))
+    node.flush_all()  # the checkpoint: b's outbox ends at seq 2 ("one")
+    node.receive(a, Msg(2, 0, {"text": "lost"}))  # b may see it as seq 3; then a crash
+    restarted = make_node(store, clock, "a", app=ChatApp(), durability="checkpoint")
+    c, _ = restarted.attach("room", 0, Hello(None, 0), FakeWire())
+    restarted.receive(c, Msg(1, 0, {"text": "new"}))  # b's seq 3 is now "new"
+    if handed_off:  # written and loaded again (by the next owner, or after an idle drop)
+        restarted.flush_all()
+        restarted = make_node(store, clock, "a", app=ChatApp(), durability="checkpoint")
+    b2, welcome = restarted.attach("room", 0, Hello(b.sid, seen), FakeWire())
+    assert welcome.resumed == (seen == 2)
+    if welcome.resumed:
+        assert [m.get("text") for m in replies(b2)][-1] == "new"
 
 
 def test_durability_modes_persist_when_promised(store, clock):

@@ -182,3 +182,25 @@ def test_a_leaving_node_is_replaced_at_once():
     assert sent(out, "a", cp.Left)
     assert d.table.owners.count("b") == NUM_SLOTS
     assert register(core, "a", "new-process")[0]  # its replacement is not refused
+
+
+@pytest.mark.parametrize("how", ["left", "dead"])
+def test_units_of_a_node_gone_with_nobody_to_take_them_go_to_the_next_node(how):
+    """Found by the simulator (seed 382, heavy faults, handoff): the last live node left
+    (or died) with nobody to take its units, so they stayed with it; a node registering
+    later was never given them, and their keys waited for that node to come back."""
+    core, d, clock, _ = fleet()
+    up(core, clock, "a")
+    if how == "left":
+        core.received(clock.t, "a", cp.Leave("a"))
+    else:
+        clock.t += 3.5
+        core.tick(clock.t)
+    assert d.table.owners.count("a") == NUM_SLOTS  # nobody to give them to
+    epoch = d.epoch
+    register(core, "b")
+    clock.t += 0.5
+    out = core.tick(clock.t)
+    assert d.table.owners.count("b") == NUM_SLOTS
+    assert min(d.table.epochs) > epoch  # new epochs: whatever "a" wrote is fenced
+    assert any(isinstance(e, Broadcast) for e in out)
