@@ -56,7 +56,15 @@ async def serve(cfg: BackendConfig) -> None:
     node_id = cfg.node_id
     app = APPS[cfg.app]()
     store = open_store(cfg.store)
-    meter = LoadMeter(cfg.capacity, high=cfg.high_water, low=cfg.low_water)
+    meter = LoadMeter(
+        cfg.capacity,
+        high=cfg.high_water,
+        low=cfg.low_water,
+        target_ms=cfg.pressure_target_ms,
+        # With a service queue, its speed is known until measured: 1 / service time.
+        prior=1e6 / cfg.service_time_us if cfg.service_time_us else 1000.0,
+        queued=cfg.service_time_us > 0,
+    )
     node = Node(app, store, meter, cfg)
     server = BackendServer(
         node,
@@ -65,6 +73,7 @@ async def serve(cfg: BackendConfig) -> None:
         direct=cfg.direct,
         node_held_bytes=cfg.node_held_bytes,
         max_items=cfg.max_message_items,
+        service_time_us=cfg.service_time_us,
     )
     host, port = parse_hostport(cfg.listen, "listen")
     tls = None
@@ -79,10 +88,18 @@ async def serve(cfg: BackendConfig) -> None:
         address=f"{host}:{server.port}",
         durability=cfg.durability,
         capacity=cfg.capacity,
+        service_time_us=cfg.service_time_us,
         direct=cfg.direct,
     )
-    probe = LoopProbe()
-    probe.start()
+    loop_probe = LoopProbe()
+    loop_probe.start()
+
+    def probe() -> tuple[float, float]:
+        """Loop lag, and busy: the service queue's when there is one, else CPU time."""
+        lag, cpu = loop_probe.read()
+        queue = server.busy()
+        return lag, cpu if queue is None else queue
+
     control: ControlClient | EtcdLink | None = None
     loop = asyncio.get_running_loop()
     tasks: list[asyncio.Task[Any]] = []
@@ -91,7 +108,7 @@ async def serve(cfg: BackendConfig) -> None:
             node,
             meter,
             advertise=parse_hostport(cfg.advertise or f"{host}:{server.port}", "advertise"),
-            probe=probe.read,
+            probe=probe,
         )
         client, transport = etcd_client(
             parse_endpoints(cfg.etcd),
@@ -108,7 +125,7 @@ async def serve(cfg: BackendConfig) -> None:
             node,
             meter,
             advertise=parse_hostport(cfg.advertise or f"{host}:{server.port}", "advertise"),
-            probe=probe.read,
+            probe=probe,
         )
         control_tls = ssl.create_default_context(cafile=cfg.ca_file) if cfg.ca_file else None
         control = ControlClient(agent, cfg.control, cfg.credential, tls=control_tls)

@@ -27,7 +27,19 @@ class BackendConfig:
     listen: str = setting("127.0.0.1:9101", "HOST:PORT to serve WebSockets on")
     advertise: str | None = setting(None, "HOST:PORT the gateway dials (default: listen)")
     node_id: str = setting("", "stable node name (empty: the advertised address)")
-    capacity: float = setting(1000.0, "messages/s this node carries at 100 %")
+    capacity: float | None = setting(
+        None,
+        "a cap on the node's estimated capacity, messages/s (none: the estimate alone, "
+        "1000 until the node has been busy enough to measure)",
+    )
+    service_time_us: float = setting(
+        0.0,
+        "finite capacity: each client message takes this long of one FIFO server "
+        "(µs; 0: off, served at once)",
+    )
+    pressure_target_ms: float = setting(
+        50.0, "time in system (p90) at which a node counts as fully loaded"
+    )
     high_water: float = setting(0.85, "utilization that raises the pressure flag")
     low_water: float = setting(0.70, "utilization below which pressure clears")
     store: str = setting(
@@ -86,8 +98,12 @@ class BackendConfig:
             object.__setattr__(self, "node_id", self.advertise or self.listen)
         if self.durability not in DURABILITY_MODES:
             raise ConfigError(f"config: durability: expected one of {', '.join(DURABILITY_MODES)}")
-        if self.capacity <= 0:
+        if self.capacity is not None and self.capacity <= 0:
             raise ConfigError("config: capacity must be > 0 (messages/s)")
+        if not 0 <= self.service_time_us <= 1e6:
+            raise ConfigError("config: service_time_us must be in [0, 1000000]")
+        if self.pressure_target_ms <= 0:
+            raise ConfigError("config: pressure_target_ms must be > 0")
         if not 0 < self.low_water < self.high_water:
             raise ConfigError("config: need 0 < low_water < high_water")
         if self.control and self.etcd:

@@ -85,7 +85,7 @@ class ControlAgent:
                 self.node.node_id,
                 self.incarnation,
                 self.advertise,
-                self.meter.capacity,
+                self.meter.estimate(),
                 self.node.owned_units(),
                 max_epoch,
             )

@@ -28,6 +28,7 @@ from websockets.protocol import State
 
 from backend.metrics import BackendMetrics
 from backend.node import Node, NotOwner
+from backend.service import ServiceQueue
 from backend.session_conn import SessionConn
 from clientlib.kernel.credentials import unquote_key, verify_claim
 from clientlib.kernel.routing import MAX_KEY_LEN, slot_of
@@ -44,6 +45,16 @@ FAST_WRITE_LIMIT = 32 * 1024
 # A connection whose unread output passes this is cut (a client flooding pings and
 # never reading makes websockets queue pongs outside send()'s flow control).
 MAX_WRITE_BUFFER = 4 << 20
+
+
+def _dead(item: tuple[SessionConn, bytes | str]) -> bool:
+    return item[0].closing is not None or item[0].gone
+
+
+def _is_ack(raw: bytes | str) -> bool:
+    """A standalone ack as clients send it (any other shape counts as work)."""
+    head = raw[:16]
+    return head.startswith(b'{"t":"ack"' if isinstance(head, bytes) else '{"t":"ack"')
 
 
 class Route:
@@ -85,6 +96,7 @@ class BackendServer:
         direct: bool = True,
         node_held_bytes: int = 64 << 20,
         max_items: int = 65536,
+        service_time_us: float = 0.0,
     ):
         self.node = node
         self.max_items = max_items
@@ -104,6 +116,13 @@ class BackendServer:
         # Sessions whose connection here ended without ending them: sid → when, for the
         # reconnect-to-resume histogram (kept for session_ttl_s, like the session).
         self._detached: dict[str, float] = {}
+        # The node's finite capacity (docs/backend.md, service_time_us): client messages
+        # wait their turn in one FIFO served at a fixed time each; None: served at once.
+        self.service: ServiceQueue[tuple[SessionConn, bytes | str]] | None = (
+            ServiceQueue(service_time_us / 1e6) if service_time_us > 0 else None
+        )
+        self._service_timer: asyncio.TimerHandle | None = None
+        self._busy_mark = (0.0, 0.0)  # (server busy seconds, loop time) at the last probe
 
     @property
     def connection_count(self) -> int:
@@ -213,7 +232,11 @@ class BackendServer:
                         await self._flush(ws, conn)
                 if conn.closing is not None:
                     break
-                conn.receive(await ws.recv())
+                raw = await ws.recv()
+                if self.service is None or _is_ack(raw):
+                    conn.receive(raw)  # an ack is no work: it is applied at once
+                else:
+                    self._enqueue(conn, raw)
         except TimeoutError:
             conn.close(CloseCode.SESSION_PROTOCOL_VIOLATION, "")
         except ConnectionClosed:
@@ -230,6 +253,55 @@ class BackendServer:
             session = conn.session
             if session is not None and session.detached_at is not None and session.wire is None:
                 self._detached[session.sid] = time.monotonic()
+
+    # ------------------------------------------------------------------ the service queue
+
+    def _enqueue(self, conn: SessionConn, raw: bytes | str) -> None:
+        service = self.service
+        assert service is not None
+        loop = asyncio.get_running_loop()
+        conn.queue(len(raw))
+        if conn.closing is not None:
+            conn.dequeue(len(raw))
+            return
+        service.offer(loop.time(), (conn, raw))
+        self.node.meter.arrive(conn.key, slot_of(conn.key))
+        if self._service_timer is None:
+            self._arm(loop)
+
+    def _arm(self, loop: asyncio.AbstractEventLoop) -> None:
+        assert self.service is not None
+        at = self.service.next_at(_dead)
+        self._service_timer = None if at is None else loop.call_at(at, self._serve)
+
+    def _serve(self) -> None:
+        """The server finished what was due: process it, in arrival order."""
+        service = self.service
+        assert service is not None
+        loop = asyncio.get_running_loop()
+        now = loop.time()
+        done, dropped = service.due(now, _dead)
+        meter = self.node.meter
+        for conn, raw in dropped:
+            conn.dequeue(len(raw))
+        for arrival, (conn, raw) in done:
+            conn.dequeue(len(raw))
+            if conn.closing is None and not conn.gone:
+                conn.receive(raw)
+                meter.sojourn(now - arrival)
+                conn.notify()  # its reply (or a close) is written by the connection's writer
+        self._arm(loop)
+
+    def busy(self) -> float | None:
+        """The service queue's busy fraction since the last call (None: no queue)."""
+        if self.service is None:
+            return None
+        now = asyncio.get_running_loop().time()
+        busy_s, then = self._busy_mark
+        self._busy_mark = (self.service.busy_s, now)
+        if then == 0.0:
+            return 0.0
+        return (self.service.busy_s - busy_s) / max(now - then, 1e-6)
 
     def _attached(self, sid: str, resumed: bool) -> None:
         """A hello was answered: time a resume of a session whose connection ended here."""

@@ -57,6 +57,7 @@ class SessionConn:
         "closing",
         "deferred",
         "epoch",
+        "gone",
         "held",
         "held_bytes",
         "key",
@@ -65,6 +66,7 @@ class SessionConn:
         "node",
         "node_held_bytes",
         "notify",
+        "queued_bytes",
         "session",
         "welcome",
     )
@@ -91,7 +93,9 @@ class SessionConn:
         self.welcome: bytes | None = None
         self.held: deque[Raw] = deque()
         self.held_bytes = 0
+        self.queued_bytes = 0  # input waiting in the node's service queue (the I/O shell's)
         self.closing: tuple[int, str] | None = None
+        self.gone = False  # the connection ended: input still queued for it is dropped
         self.deferred = False  # inside receive(): the caller writes right after
 
     # ------------------------------------------------------------------ Wire
@@ -159,7 +163,22 @@ class SessionConn:
         self.held.append(raw)
         self.held_bytes += size
         self.node.held_bytes += size
-        if self.held_bytes > self.max_held_bytes:
+        self._check_budgets()
+
+    def queue(self, size: int) -> None:
+        """``size`` bytes of input wait in the node's service queue: they count against
+        the same budgets as held input (the shell calls :meth:`dequeue` when they leave)."""
+        self.queued_bytes += size
+        self.node.held_bytes += size
+        self._check_budgets()
+
+    def dequeue(self, size: int) -> None:
+        if self.queued_bytes >= size:  # else: released already, when the connection ended
+            self.queued_bytes -= size
+            self.node.held_bytes -= size
+
+    def _check_budgets(self) -> None:
+        if self.held_bytes + self.queued_bytes > self.max_held_bytes:
             # Beyond any sane client window: a client ignoring its own limit.
             self.close(CloseCode.SLOW_CONSUMER, "")
         elif self.node.held_bytes > self.node_held_bytes:
@@ -205,8 +224,9 @@ class SessionConn:
     def closed(self, client_code: int | None) -> None:
         """The connection is gone; ``client_code`` is the code of the client's close
         frame, if it sent one (1000 ends the session for good)."""
-        self.node.held_bytes -= self.held_bytes
-        self.held_bytes = 0
+        self.gone = True
+        self.node.held_bytes -= self.held_bytes + self.queued_bytes
+        self.held_bytes = self.queued_bytes = 0
         self.held.clear()
         if self.session is not None:
             if client_code == CloseCode.NORMAL:

@@ -65,7 +65,8 @@ class LoadReport:
     hot_keys: tuple[tuple[str, int, float], ...]  # (key, slot, messages/s), hottest first
     handler_us: float  # mean handler time per message
     loop_lag_ms: float = 0.0
-    busy: float = 0.0
+    busy: float = 0.0  # fraction of the interval the node's server (or CPU) was busy
+    delay_ms: float = 0.0  # time in system, p90 over the interval (smoothed)
 
     @property
     def util(self) -> float:
@@ -84,6 +85,7 @@ class LoadReport:
             "handler_us": round(self.handler_us, 1),
             "loop_lag_ms": round(self.loop_lag_ms, 2),
             "busy": round(self.busy, 3),
+            "delay_ms": round(self.delay_ms, 2),
         }
 
     @classmethod
@@ -120,6 +122,7 @@ class LoadReport:
             handler_us=_num(o.get("handler_us", 0.0), "load.handler_us"),
             loop_lag_ms=_num(o.get("loop_lag_ms", 0.0), "load.loop_lag_ms"),
             busy=_num(o.get("busy", 0.0), "load.busy"),
+            delay_ms=_num(o.get("delay_ms", 0.0), "load.delay_ms"),
         )
 
 

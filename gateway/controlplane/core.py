@@ -428,6 +428,28 @@ class ControlCore:
 
     # ------------------------------------------------------------------ views
 
+    def unsplittable(self, loads: list[NodeLoad]) -> list[dict[str, Any]]:
+        """The keys the last plan isolated, with the node carrying each and its rate against
+        the fair share it exceeds (mean utilization times the biggest node's capacity)."""
+        if not self.isolated or not loads:
+            return []
+        cap = sum(n.capacity for n in loads)
+        fair = sum(n.rate for n in loads) / cap * max(n.capacity for n in loads) if cap else 0.0
+        where: dict[str, tuple[str, float]] = {}
+        for n in loads:
+            for key, _, rate in n.hot_keys:
+                if key in self.isolated and rate > where.get(key, ("", -1.0))[1]:
+                    where[key] = (n.node, rate)
+        return [
+            {
+                "key": k,
+                "node": where.get(k, ("", 0.0))[0],
+                "rate": round(where.get(k, ("", 0.0))[1], 1),
+                "fair_share": round(fair, 1),
+            }
+            for k in self.isolated
+        ]
+
     def ready(self) -> bool:
         return bool(self.dir.live()) and None not in self.dir.table.owners
 
@@ -440,9 +462,11 @@ class ControlCore:
             ld = n.load
             nodes[n.id] = {
                 "rate": ld.rate if ld else 0.0,
-                "capacity": n.capacity,
-                "util": round(ld.rate / n.capacity, 4) if ld else 0.0,
+                "capacity": round(ld.capacity, 1) if ld else n.capacity,
+                "util": round(ld.rate / ld.capacity, 4) if ld else 0.0,
                 "pressure": ld.pressure if ld else False,
+                "score": round(ld.score, 3) if ld else 0.0,
+                "delay_ms": round(ld.delay_ms, 2) if ld else 0.0,
                 "sessions": ld.sessions if ld else 0,
                 "alive": n.alive,
                 "slots": d.table.owners.count(n.id),
@@ -456,6 +480,7 @@ class ControlCore:
             "shedding": self.state.shedding,
             "paused": self.paused,
             "isolated": list(self.isolated),
+            "unsplittable": self.unsplittable(loads),
             "overrides": len(d.table.overrides),
             "epoch": d.epoch,
             "table_version": d.table.version,

@@ -60,9 +60,11 @@ class NodeEntry:
         ld = self.load
         if ld is None:
             return NodeLoad(node=self.id, capacity=self.capacity, rate=0.0)
+        # The node's own estimate of its capacity (measured, capped by its configuration)
+        # once it reports; the figure it registered with until then.
         return NodeLoad(
             node=self.id,
-            capacity=self.capacity,
+            capacity=ld.capacity,
             rate=ld.rate,
             pressure=ld.pressure,
             slots=ld.slots,

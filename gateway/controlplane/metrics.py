@@ -38,7 +38,9 @@ class ControlPlaneCollector(Collector):
         d = core.dir
         labels = ["node"]
         util = GaugeMetricFamily(
-            "gateway_node_utilization", "A node's reported rate over its capacity", labels=labels
+            "gateway_node_utilization",
+            "A node's reported demand over its estimated capacity",
+            labels=labels,
         )
         pressure = GaugeMetricFamily(
             "gateway_node_pressure", "1 while a node reports pressure", labels=labels
@@ -59,7 +61,7 @@ class ControlPlaneCollector(Collector):
         owners = d.table.owners
         for n in d.nodes.values():
             ld = n.load
-            util.add_metric([n.id], ld.rate / n.capacity if ld is not None else 0.0)
+            util.add_metric([n.id], ld.rate / ld.capacity if ld is not None else 0.0)
             pressure.add_metric([n.id], 1.0 if ld is not None and ld.pressure else 0.0)
             alive.add_metric([n.id], 1.0 if n.alive else 0.0)
             lease_age.add_metric([n.id], max(0.0, now - (n.lease_until - d.lease_s)))
@@ -87,6 +89,11 @@ class ControlPlaneCollector(Collector):
         )
         yield GaugeMetricFamily(
             "gateway_table_overrides", "Keys with an owner of their own", len(d.table.overrides)
+        )
+        yield GaugeMetricFamily(
+            "gateway_unsplittable_keys",
+            "Keys hotter than any node's fair share: each isolated on a node of its own",
+            len(core.isolated),
         )
         yield GaugeMetricFamily(
             "gateway_rebalancer_paused",
