@@ -53,8 +53,9 @@ def _dead(item: tuple[SessionConn, bytes | str]) -> bool:
 
 def _is_ack(raw: bytes | str) -> bool:
     """A standalone ack as clients send it (any other shape counts as work)."""
-    head = raw[:16]
-    return head.startswith(b'{"t":"ack"' if isinstance(head, bytes) else '{"t":"ack"')
+    if isinstance(raw, bytes):
+        return raw.startswith(b'{"t":"ack"')
+    return raw.startswith('{"t":"ack"')
 
 
 class Route:

@@ -40,6 +40,15 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
     r.add_argument("--hotspot-at", type=float, help="seconds; negative: no hotspot")
     r.add_argument("--hotspot-share", type=float, help="share of traffic on the hot keys")
     r.add_argument("--hotspot-keys", type=int)
+    r.add_argument("--hotspot-duration", type=float, help="seconds")
+    r.add_argument(
+        "--service-time-us",
+        type=float,
+        help="finite capacity: µs per message on a x1 backend (0: no service queue)",
+    )
+    r.add_argument(
+        "--capacities", help="backends' capacities relative to x1, comma-separated (1,0.5,2,1)"
+    )
     r.add_argument("--durability", choices=["handoff", "checkpoint", "write-through"])
     r.add_argument("--rebalance", choices=["on", "off"])
     r.add_argument(
@@ -117,6 +126,9 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
     from loadtest.simulate import add_parser as add_simulate
 
     add_simulate(sub)
+    from loadtest.matrix import add_parser as add_matrix
+
+    add_matrix(sub)
     return p.parse_args(argv)
 
 
@@ -153,6 +165,10 @@ def main(argv: list[str] | None = None) -> None:
         from loadtest.simulate import main as simulate_main
 
         sys.exit(simulate_main(args))
+    if args.cmd == "matrix":
+        from loadtest.matrix import main as matrix_main
+
+        sys.exit(matrix_main(args))
     if args.cmd == "bench":
         from loadtest.bench import run_bench
 
@@ -169,6 +185,9 @@ def main(argv: list[str] | None = None) -> None:
             "hotspot_at",
             "hotspot_share",
             "hotspot_keys",
+            "hotspot_duration",
+            "service_time_us",
+            "capacities",
             "durability",
         )
     }

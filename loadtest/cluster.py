@@ -180,7 +180,8 @@ class ClusterTopology:
     backends: int = 3
     etcd_members: int = 3
     app: str = "counter"
-    capacity: float = 1000.0
+    capacity: float | None = 1000.0  # None: the backends estimate their own
+    service_times: dict[str, float] = field(default_factory=dict)  # node → µs
     durability: str = "write-through"
     rebalance: bool = True
     election_lease_s: int = 2
@@ -268,7 +269,13 @@ class ClusterTopology:
             name,
             [
                 *["-m", "backend", self.app, "--listen", f"{h.addrs[name]}:{self.backend_port}"],
-                *["--node-id", name, "--capacity", str(self.capacity)],
+                *["--node-id", name],
+                *(["--capacity", str(self.capacity)] if self.capacity is not None else []),
+                *(
+                    ["--service-time-us", str(self.service_times[name])]
+                    if name in self.service_times
+                    else []
+                ),
                 *["--store", self.store, "--durability", self.durability],
                 *["--etcd", ",".join(self.etcd.endpoints)],
                 *["--etcd-lease-s", str(self.node_lease_s)],

@@ -4,7 +4,7 @@
 * A hotspot: from ``at`` for ``duration`` seconds, ``share`` of the fleet's traffic
   goes to ``hot_keys`` keys (chosen by the caller, by default all on one node),
   while the total rate stays the same. Hot-key clients are connected from the
-  start and send at a quiet rate until the onset.
+  start and send at a quiet rate (``quiet`` times the base rate; 0: silent) outside it.
 * A flash crowd: ``count`` extra clients connect to one key at ``at``.
 
 Rates are messages/s per client; sends are Poisson (open loop).
@@ -77,10 +77,13 @@ def build_clients(
     hotspot: Hotspot | None,
     ramp_per_s: float,
     seed: int = 1,
+    quiet: float = QUIET,
 ) -> list[ClientSpec]:
     """The client population of a run: cold clients over ``keys``, hot ones over ``hot_keys``."""
     if clients < 1 or rate <= 0 or ramp_per_s <= 0:
         raise ValueError("need clients >= 1, rate > 0 and ramp_per_s > 0")
+    if not 0 <= quiet <= 1:
+        raise ValueError("quiet must be in [0, 1]")
     rng = random.Random(seed)
     n_hot = 0
     if hotspot is not None and hot_keys:
@@ -92,7 +95,7 @@ def build_clients(
     total = clients * rate
     # Keep the fleet's total rate constant across the onset: cold clients slow down
     # by exactly what the hot ones add.
-    hot_before = rate * QUIET
+    hot_before = rate * quiet
     cold_before = (total - n_hot * hot_before) / n_cold
     if hotspot is not None and n_hot:
         hot_during = hotspot.share * total / n_hot
@@ -132,7 +135,14 @@ def next_send(t: float, spec: ClientSpec, hotspot: Hotspot | None, rng: random.R
     hotspot's edges. A gap crossing an edge is redrawn from the edge at the new rate
     (exact, as the process is memoryless): the onset is sharp, not smeared over a gap."""
     while True:
-        nxt = t + poisson_gap(spec.rate_at(t, hotspot), rng)
+        rate = spec.rate_at(t, hotspot)
+        if rate <= 0:  # silent until the next edge (if any)
+            edges = [e for e in (hotspot.at, hotspot.end) if e > t] if hotspot else []
+            if not edges:
+                return math.inf
+            t = min(edges)
+            continue
+        nxt = t + poisson_gap(rate, rng)
         edge = None
         if hotspot is not None:
             edge = next((e for e in (hotspot.at, hotspot.end) if t < e <= nxt), None)

@@ -21,12 +21,16 @@ def table(runs: dict[str, dict[str, Any]]) -> str:
         ("latency p99 (ms)", lambda r: r["latency"]["overall"]["p99_ms"]),
         ("latency p99.9 (ms)", lambda r: r["latency"]["overall"]["p999_ms"]),
         (
-            "p99 before/during/after (ms)",
+            "p99 steady/during/after (ms)",
             lambda r: "/".join(
                 str(r["latency"].get(w, {}).get("p99_ms", "-"))
                 for w in ("before", "during", "after")
             ),
         ),
+        ("p99 during / steady", lambda r: r["rescue"]["during_over_steady"]),
+        ("p99 from onset +10 s / steady", lambda r: r["rescue"]["settled_over_steady"]),
+        ("p99 back within 1.5x at (s)", lambda r: r["rescue"]["p99_back_s"]),
+        ("imbalance max from onset +10 s", lambda r: r["rescue"]["imbalance_settled_max"]),
         ("imbalance before hotspot", lambda r: r["imbalance_max_before"]),
         ("imbalance peak", lambda r: r["imbalance_peak"]),
         ("imbalance mean, hotspot +10 s", lambda r: r["imbalance_during_mean"]),
@@ -40,6 +44,10 @@ def table(runs: dict[str, dict[str, Any]]) -> str:
             lambda r: f"{r['reconnect_resume_p50_ms']}/{r['reconnect_resume_p99_ms']}",
         ),
         ("admission rejections", lambda r: r["admission_rejections"]),
+        (
+            "unsplittable keys",
+            lambda r: ", ".join(u["key"] for u in r.get("unsplittable", [])) or "none",
+        ),
         (
             "lost / duplicated / reordered",
             lambda r: f"{r['lost']}/{r['duplicated']}/{r['reordered']}",
@@ -81,7 +89,7 @@ def plot(runs: dict[str, dict[str, Any]], path: Path) -> None:
             if s["moves"] > prev:
                 ax_load.axvline(s["t"], color="grey", alpha=0.4, lw=0.8)
                 prev = s["moves"]
-        ax_load.set_ylabel("utilization (rate / capacity)")
+        ax_load.set_ylabel("utilization (demand / capacity)")
         ax_load.set_title(
             f"{r['scenario']} — rebalance {'on' if r['rebalance'] else 'off'} ({name})"
         )

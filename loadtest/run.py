@@ -46,7 +46,7 @@ class RunData:
     final_counts: dict[str, int] | None = None
     hot_keys: list[str] = field(default_factory=list)
     hot_node: str | None = None
-    capacity: float | None = None
+    capacity: dict[str, float] = field(default_factory=dict)  # node → messages/s (configured)
     killed: str | None = None
     events: list[tuple[float, str]] = field(default_factory=list)
     moves: list[dict[str, Any]] = field(default_factory=list)  # the gateway's move history
@@ -114,21 +114,31 @@ class Runner:
         sc = self.sc
         self.out.mkdir(parents=True, exist_ok=True)
         total = sc.clients * sc.rate
-        cap = sc.capacity or capacity_for(total, sc.backends, sc.hotspot_share)
-        self.data.capacity = cap
+        service = sc.service_times()
+        cap: float | None = None
+        if service:
+            # Finite capacity: each backend's server sets it; the nodes estimate it.
+            self.data.capacity = {n: round(1e6 / us, 1) for n, us in service.items()}
+            caps = "capacity " + ", ".join(f"{v:.0f}" for v in self.data.capacity.values())
+            caps += " msg/s (service queues)"
+        else:
+            cap = sc.capacity or capacity_for(total, sc.backends, sc.hotspot_share)
+            self.data.capacity = {f"node-{i}": round(cap, 1) for i in range(1, sc.backends + 1)}
+            caps = f"capacity {cap:.0f} msg/s each"
         if self.target is None and self.cluster is not None:
             self.topo = ClusterTopology(
                 self.out / "topology",
                 self.cluster,
                 backends=sc.backends,
                 capacity=cap,
+                service_times=service,
                 durability=sc.durability,
                 rebalance=sc.rebalance,
             )
             how = "network namespaces" if self.cluster.netns else "loopback addresses"
             self.say(
                 f"starting a cluster on {how}: 3 etcd members, 3 gateways, {sc.backends} "
-                f"backends, Redis (capacity {cap:.0f} msg/s each, durability "
+                f"backends, Redis ({caps}, durability "
                 f"{sc.durability}); logs in {self.topo.workdir}"
             )
             await self.topo.start()
@@ -137,13 +147,14 @@ class Runner:
                 self.out / "topology",
                 backends=sc.backends,
                 capacity=cap,
+                service_times=service,
                 durability=sc.durability,
                 rebalance=sc.rebalance,
             )
             self.say(
-                f"starting gateway and {sc.backends} backends (capacity {cap:.0f} msg/s "
-                f"each, durability {sc.durability}, rebalance "
-                f"{'on' if sc.rebalance else 'off'}); logs in {self.topo.workdir}"
+                f"starting gateway and {sc.backends} backends ({caps}, durability "
+                f"{sc.durability}, rebalance {'on' if sc.rebalance else 'off'}); "
+                f"logs in {self.topo.workdir}"
             )
             await self.topo.start()
         try:
@@ -201,6 +212,7 @@ class Runner:
                 hotspot=hotspot,
                 ramp_per_s=sc.ramp_per_s,
                 seed=sc.seed,
+                quiet=sc.hotspot_quiet,
             )
             if sc.flash_at is not None and sc.flash_clients:
                 flash_key = f"r{run_id}:flash"

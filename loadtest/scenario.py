@@ -10,6 +10,10 @@ from typing import Any
 
 from clientlib.kernel.settings import ConfigError, build_config
 
+#: The steady state before a hotspot: at most this many seconds before its onset (the
+#: start-up ramp, and the first rebalancing rounds after it, come earlier).
+STEADY_S = 10.0
+
 
 @dataclass(frozen=True, kw_only=True)
 class Scenario:
@@ -29,6 +33,9 @@ class Scenario:
     hotspot_share: float = 0.4
     hotspot_keys: int = 4
     hotspot_same_node: bool = True
+    # Hot-key clients' rate outside the hotspot, as a fraction of the base rate (0: silent;
+    # their keys then carry no load the rebalancer could move before the onset).
+    hotspot_quiet: float = 0.1
     flash_at: float | None = None
     flash_clients: int = 0
     kill_at: float | None = None  # SIGKILL the hotspot's node (or the first backend)
@@ -36,6 +43,12 @@ class Scenario:
     tolerance: float = 0.25  # "rebalanced" means max/mean below 1 + tolerance
     durability: str = "handoff"
     capacity: float | None = None  # per backend; None: derived so the hotspot overloads
+    # Finite capacity: each message takes this long of a x1 backend's server (µs; 0: no
+    # service queue, and capacity is the configured figure above).
+    service_time_us: float = 0.0
+    # Backends' capacities relative to x1, comma-separated, one per backend ("1,0.5,2,1");
+    # empty: all x1. A backend's service time is service_time_us divided by its own.
+    capacities: str = ""
     drain_s: float = 10.0  # after the run, wait this long for outstanding replies
     seed: int = 1
 
@@ -55,6 +68,7 @@ class Scenario:
             (0 < self.hotspot_share < 1, "hotspot_share must be in (0, 1)"),
             (self.hotspot_keys >= 1, "hotspot_keys must be >= 1"),
             (0 < self.tolerance < 1, "tolerance must be in (0, 1)"),
+            (0 <= self.hotspot_quiet <= 1, "hotspot_quiet must be in [0, 1]"),
             (self.message_bytes >= 0, "message_bytes must be >= 0"),
         ]
         for ok, msg in checks:
@@ -62,6 +76,79 @@ class Scenario:
                 raise ConfigError(f"scenario: {msg}")
         if self.hotspot_at is not None and not 0 <= self.hotspot_at < self.duration:
             raise ConfigError("scenario: hotspot_at must fall inside the run")
+        if not 0 <= self.service_time_us <= 1e6:
+            raise ConfigError("scenario: service_time_us must be in [0, 1000000]")
+        mults = self.multipliers()  # raises on a bad list
+        if self.capacities and len(mults) != self.backends:
+            raise ConfigError(
+                f"scenario: capacities gives {len(mults)} figures for {self.backends} backends"
+            )
+
+    def multipliers(self) -> list[float]:
+        """Each backend's capacity relative to x1."""
+        if not self.capacities:
+            return [1.0] * self.backends
+        try:
+            mults = [float(x) for x in self.capacities.split(",")]
+        except ValueError:
+            raise ConfigError(
+                f"scenario: capacities: expected numbers like 1,0.5,2 (got {self.capacities!r})"
+            ) from None
+        if not all(0.1 <= m <= 10 for m in mults):
+            raise ConfigError("scenario: capacities must each be in [0.1, 10]")
+        return mults
+
+    def service_times(self) -> dict[str, float]:
+        """node name → service time (µs), when the backends have a service queue."""
+        if self.service_time_us <= 0:
+            return {}
+        return {
+            f"node-{i}": round(self.service_time_us / m, 1)
+            for i, m in enumerate(self.multipliers(), 1)
+        }
+
+    @property
+    def steady_from(self) -> float:
+        """When the start-up ramp is over: connections made, rates settled."""
+        return self.clients / self.ramp_per_s + 3.0
+
+    def steady_window(self) -> tuple[float, float] | None:
+        """The steady state a hotspot is judged against: the STEADY_S seconds before its
+        onset, once the ramp is over (None: no hotspot, or no time for it)."""
+        if self.hotspot_at is None:
+            return None
+        start = max(self.steady_from, self.hotspot_at - STEADY_S)
+        return (start, self.hotspot_at) if start < self.hotspot_at else None
+
+    def describe(self) -> str:
+        """The scenario as it runs (flags applied)."""
+        caps = ""
+        if self.service_time_us > 0:
+            per = 1e6 / self.service_time_us
+            mults = self.multipliers()
+            caps = (
+                f" with service queues ({per:.0f} msg/s at x1"
+                + (f"; x{','.join(f'{m:g}' for m in mults)}" if len(set(mults)) > 1 else "")
+                + ")"
+            )
+        elif self.capacity:
+            caps = f" of {self.capacity:g} msg/s"
+        text = (
+            f"{self.backends} backends{caps}, {self.clients} clients at {self.rate:g} msg/s "
+            f"on {self.keys} keys (Zipf {self.zipf:g}), {self.duration:g} s"
+        )
+        if self.hotspot_at is not None:
+            where = "one node" if self.hotspot_same_node else "any node"
+            text += (
+                f"; at {self.hotspot_at:g} s, {self.hotspot_share:.0%} of the traffic moves "
+                f"onto {self.hotspot_keys} key{'s' if self.hotspot_keys > 1 else ''} of "
+                f"{where} for {self.hotspot_duration:g} s"
+            )
+        if self.flash_at is not None and self.flash_clients:
+            text += f"; at {self.flash_at:g} s, {self.flash_clients} clients join one key"
+        if self.kill_at is not None:
+            text += f"; at {self.kill_at:g} s, kill -9 of the hotspot's node"
+        return text + f"; rebalance {'on' if self.rebalance else 'off'}"
 
 
 def builtin_names() -> list[str]:

@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import dataclasses
+import math
 from typing import TYPE_CHECKING, Any
 
 from hdrh.histogram import HdrHistogram
@@ -11,6 +13,12 @@ from loadtest.worker import new_hist
 
 if TYPE_CHECKING:
     from loadtest.run import RunData
+
+#: The rescue's targets: from RESCUE_S after the onset, p99 within P99_BACK x the steady
+#: p99 and max/mean utilization within IMBALANCE_BACK.
+RESCUE_S = 10.0
+P99_BACK = 1.5
+IMBALANCE_BACK = 1.25
 
 
 def merge(records: list[dict[str, Any]]) -> HdrHistogram:
@@ -94,22 +102,31 @@ def results(d: RunData) -> dict[str, Any]:
     onset = sc.hotspot_at
     end = onset + sc.hotspot_duration if onset is not None else None
     windows: dict[str, dict[str, float]] = {"overall": pcts(merge(d.progress))}
+    # Rates ramp up from zero with the connections; judge balance once they settled.
+    warmup = sc.steady_from
+    steady_from = (sc.steady_window() or (warmup, warmup))[0]
     if onset is not None and end is not None:
-        windows["before"] = pcts(merge([p for p in d.progress if p["t"] < onset]))
-        windows["during"] = pcts(merge([p for p in d.progress if onset <= p["t"] < end]))
-        windows["after"] = pcts(merge([p for p in d.progress if p["t"] >= end]))
+        prog = d.progress
+        steady = sc.steady_window() or (onset, onset)
+        windows["ramp"] = pcts(merge([p for p in prog if p["t"] < steady[0]]))
+        # The steady state before the hotspot: after the start-up ramp and its rounds.
+        windows["before"] = pcts(merge([p for p in prog if steady[0] <= p["t"] < onset]))
+        windows["during"] = pcts(merge([p for p in prog if onset <= p["t"] < end]))
+        # What clients feel from 10 s after the onset on: the rescue's target window.
+        settled = onset + RESCUE_S
+        windows["settled"] = pcts(merge([p for p in prog if settled <= p["t"] < end]))
+        windows["after"] = pcts(merge([p for p in prog if p["t"] >= end]))
     series = [
         (s["t"], float(s["imbalance"]))
         for s in d.samples
         if s.get("imbalance") is not None and 0 <= s["t"] <= sc.duration
     ]
     limit = 1 + sc.tolerance
-    # Rates ramp up from zero with the connections; judge balance once they settled.
-    warmup = sc.clients / sc.ramp_per_s + 3.0
     ttr = None
     imb_after = None
     if onset is not None:
-        ttr = time_to_rebalance(series, onset, limit)
+        # Balanced again while the hotspot lasts (its end is another change of load).
+        ttr = time_to_rebalance([(t, v) for t, v in series if t < (end or math.inf)], onset, limit)
         if ttr is not None:
             imb_after = round(max((v for t, v in series if t >= onset + ttr), default=1.0), 3)
     last = d.samples[-1] if d.samples else {}
@@ -120,7 +137,11 @@ def results(d: RunData) -> dict[str, Any]:
         "rebalance": sc.rebalance,
         "durability": sc.durability,
         "clients": len(logs),
-        "capacity_per_node": round(d.capacity or 0, 1),
+        "description": sc.describe(),
+        "scenario_settings": {
+            k: v for k, v in dataclasses.asdict(sc).items() if k not in ("name", "description")
+        },
+        "capacity_per_node": d.capacity,
         "hot_keys": d.hot_keys,
         "hot_node": d.hot_node,
         "killed": d.killed,
@@ -130,7 +151,8 @@ def results(d: RunData) -> dict[str, Any]:
         "p99_ms": windows["overall"]["p99_ms"],
         "imbalance_series": [[round(t, 2), v] for t, v in series],
         "imbalance_max_before": round(
-            max((v for t, v in series if warmup <= t < (onset or sc.duration)), default=1.0), 3
+            max((v for t, v in series if steady_from <= t < (onset or sc.duration)), default=1.0),
+            3,
         ),
         # The imbalance that stays: mean over the hotspot, after 10 s to react.
         "imbalance_during_mean": (
@@ -148,6 +170,8 @@ def results(d: RunData) -> dict[str, Any]:
         "moves": last.get("moves", 0),
         "moved_load": last.get("moved_load", 0.0),
         "isolated": last.get("isolated", []),
+        "unsplittable": unsplittable(d.samples, onset, end),
+        "rescue": rescue(windows, series, d.progress, onset, end),
         "reconnects": len(resumes),
         "not_resumed": not_resumed,
         "reconnect_resume_p50_ms": percentile(resumes, 50),
@@ -164,7 +188,10 @@ def results(d: RunData) -> dict[str, Any]:
             {
                 "t": round(s["t"], 2),
                 "nodes": {
-                    n: {"util": v.get("util"), "rate": v.get("rate"), "pressure": v.get("pressure")}
+                    n: {
+                        k: v.get(k)
+                        for k in ("util", "rate", "capacity", "pressure", "score", "delay_ms")
+                    }
                     for n, v in s.get("nodes", {}).items()
                 },
                 "moves": s.get("moves", 0),
@@ -174,6 +201,59 @@ def results(d: RunData) -> dict[str, Any]:
         ],
         "latency_series": latency_series(d.progress),
         "move_history": [{**m, "t": round(m["at"] - d.t0, 2)} for m in d.moves],
+    }
+
+
+def unsplittable(
+    samples: list[dict[str, Any]], onset: float | None, end: float | None
+) -> list[dict[str, Any]]:
+    """Keys the control plane reported unsplittable during the hotspot (the whole run if
+    there is none), each with its highest reported rate."""
+    seen: dict[str, dict[str, Any]] = {}
+    for s in samples:
+        if onset is not None and end is not None and not onset <= s["t"] < end:
+            continue
+        for u in s.get("unsplittable", []):
+            if u["key"] not in seen or u["rate"] > seen[u["key"]]["rate"]:
+                seen[u["key"]] = u
+    return sorted(seen.values(), key=lambda u: -float(u["rate"]))
+
+
+def rescue(
+    windows: dict[str, dict[str, float]],
+    series: list[tuple[float, float]],
+    progress: list[dict[str, Any]],
+    onset: float | None,
+    end: float | None,
+) -> dict[str, Any] | None:
+    """The hotspot's figures against the steady state before it: how much worse p99 got,
+    whether it came back within RESCUE_S (p99 <= 1.5x steady, imbalance <= 1.25), and
+    the first second after the rise whose p99 was back."""
+    if onset is None or end is None or not windows["before"]["count"]:
+        return None
+    steady = windows["before"]["p99_ms"]
+    during = windows["during"]["p99_ms"]
+    settled = windows["settled"]["p99_ms"]
+    settled_imb = [v for t, v in series if onset + RESCUE_S <= t < end]
+    # The first second after the rise in which p99 is back within P99_BACK x steady.
+    recovered = None
+    rose = False
+    for t, _, p99, _ in latency_series(progress):
+        if not onset <= t < end:
+            continue
+        if p99 > P99_BACK * steady:
+            rose = True
+        elif rose:
+            recovered = t + 1.0  # the end of that second
+            break
+    return {
+        "p99_steady_ms": steady,
+        "p99_during_ms": during,
+        "p99_settled_ms": settled,
+        "during_over_steady": round(during / steady, 2) if steady else None,
+        "settled_over_steady": round(settled / steady, 2) if steady else None,
+        "imbalance_settled_max": round(max(settled_imb), 3) if settled_imb else None,
+        "p99_back_s": round(recovered - onset, 1) if recovered is not None else None,
     }
 
 

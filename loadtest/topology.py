@@ -78,9 +78,11 @@ class Topology:
     workdir: Path
     backends: int = 3
     app: str = "counter"
-    capacity: float = 1000.0
+    capacity: float | None = 1000.0  # None: the backends estimate their own
     durability: str = "handoff"
     rebalance: bool = True
+    # node name → service time (µs): a finite capacity of its own (backend service_time_us)
+    service_times: dict[str, float] = field(default_factory=dict)
     host: str = "127.0.0.1"
     secret: str = field(default_factory=lambda: secrets.token_hex(16))
     admin_token: str = field(default_factory=lambda: secrets.token_hex(16))
@@ -148,8 +150,12 @@ class Topology:
                 f"{self.host}:{port}",
                 "--node-id",
                 name,
-                "--capacity",
-                str(self.capacity),
+                *(["--capacity", str(self.capacity)] if self.capacity is not None else []),
+                *(
+                    ["--service-time-us", str(self.service_times[name])]
+                    if name in self.service_times
+                    else []
+                ),
                 "--store",
                 str(self.store),
                 "--durability",

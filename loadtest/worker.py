@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import math
 import random
 import time
 from dataclasses import dataclass
@@ -112,6 +113,8 @@ class Worker:
             while True:
                 t = next_send(t, spec, job.hotspot, rng)
                 if t >= job.duration:
+                    if t == math.inf:  # silent from here on: stay connected to the end
+                        await asyncio.sleep(max(0.0, job.duration - self.now()))
                     break
                 delay = t - self.now()
                 if delay > 0:

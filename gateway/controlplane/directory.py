@@ -343,12 +343,17 @@ class EmbeddedDirectory:
         return e is not None and e.alive
 
     def assign_unowned(self) -> int:
-        """Give slots nobody owns to the live nodes, evenly (first start)."""
-        live = sorted(n.id for n in self.live())
+        """Give slots nobody owns to the live nodes in proportion to the capacity each
+        registered with (first start; equal capacities: round robin)."""
+        live = sorted(self.live(), key=lambda n: n.id)
         free = [s for s, o in enumerate(self.table.owners) if o is None]
         if not live or not free:
             return 0
-        for i, s in enumerate(free):
-            self.table.set_slot(s, live[i % len(live)], self.next_epoch())
+        given = dict.fromkeys((n.id for n in live), 0)
+        for s in free:
+            # The node furthest below its share once it takes one more (ties: by id).
+            n = min(live, key=lambda n: (given[n.id] + 1) / max(n.capacity, 1e-9))
+            given[n.id] += 1
+            self.table.set_slot(s, n.id, self.next_epoch())
         self.save()
         return len(free)

@@ -526,14 +526,16 @@ def _join_moves(
     busy: frozenset[str],
     now: float,
 ) -> tuple[Move, ...]:
-    """Hand load-free slots to nodes holding well under their share of slots. A load-free
-    slot carries no sessions, so the cooldown of loaded units does not apply to it."""
+    """Hand load-free slots to nodes holding well under their share of slots (in proportion
+    to their capacities). A load-free slot carries no sessions, so the cooldown of loaded
+    units does not apply to it."""
     by_node = {n.node: n for n in loads}
     held = Counter(table.owners)
     counts = {n: held[n] for n in by_node}
-    share = table.num_slots / len(counts)
-    hungry = [n for n in counts if counts[n] < share * 0.8 and n not in busy]
-    donors = {n for n in counts if n not in busy and n not in hungry and counts[n] > int(share)}
+    total_cap = sum(n.capacity for n in loads)
+    quota = {n.node: int(table.num_slots * n.capacity / total_cap) for n in loads}
+    hungry = [n for n in counts if counts[n] < quota[n] * 0.8 and n not in busy]
+    donors = {n for n in counts if n not in busy and n not in hungry and counts[n] > quota[n]}
     if len(counts) < 2 or not hungry or not donors:
         return ()
     cold: dict[str, list[int]] = {n: [] for n in donors}
@@ -542,14 +544,14 @@ def _join_moves(
             cold[owner].append(slot)
     moves: list[Move] = []
     for dst in hungry:
-        want = min(int(share) - counts[dst], cfg.join_batch - len(moves))
+        want = min(quota[dst] - counts[dst], cfg.join_batch - len(moves))
         for src in sorted(donors, key=lambda n: -counts[n]):
             free = [
                 s
                 for s in cold[src]
                 if now - state.moved_at.get(("slot", s), float("-inf")) >= cfg.join_settle_s
             ]
-            take = free[: max(0, min(want, counts[src] - int(share)))]
+            take = free[: max(0, min(want, counts[src] - quota[src]))]
             cold[src] = [s for s in cold[src] if s not in set(take)]
             moves += [Move(("slot", slot), src, dst, 0.0) for slot in take]
             counts[src] -= len(take)
