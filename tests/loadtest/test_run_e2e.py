@@ -40,6 +40,9 @@ def test_quick_hotspot_run(tmp_path):
         "reconnect_resume_p99_ms",
         "moves",
         "p99_ms",
+        "rescue",
+        "unsplittable",
+        "description",
     ):
         assert field in r
     assert r["lost"] == 0 and r["duplicated"] == 0 and r["reordered"] == 0
