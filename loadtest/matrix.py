@@ -39,7 +39,7 @@ SHAPES: tuple[Shape, ...] = (
     Shape("3 nodes x1, 1 key with 60 % (unsplittable)", 3, 1, 0.6, "1,1,1", util=0.5),
     Shape("4 nodes x1, 4 hot keys with 50 %", 4, 4, 0.5, "1,1,1,1"),
     Shape("4 nodes x1/x0.5/x2/x1, 3 hot keys with 50 %", 4, 3, 0.5, "1,0.5,2,1"),
-    Shape("6 nodes x0.5-x2, 2 hot keys with 30 %", 6, 2, 0.3, "1,2,0.5,1,2,0.5"),
+    Shape("6 nodes x0.5-x2, 2 hot keys with 30 %", 6, 2, 0.3, "0.5,2,1,0.5,2,1"),
 )
 
 

@@ -94,7 +94,8 @@ def plot(runs: dict[str, dict[str, Any]], path: Path) -> None:
             f"{r['scenario']} — rebalance {'on' if r['rebalance'] else 'off'} ({name})"
         )
         ax_load.legend(loc="upper left", fontsize=8)
-        imb = r["imbalance_series"]
+        # From the end of the start-up ramp: the first reports' ratios mean nothing.
+        imb = [p for p in r["imbalance_series"] if p[0] >= r.get("ramp_end_s", 0.0)]
         ax_imb.plot([p[0] for p in imb], [p[1] for p in imb], color="black")
         ax_imb.axhline(
             1 + r["tolerance"],
@@ -118,6 +119,11 @@ def plot(runs: dict[str, dict[str, Any]], path: Path) -> None:
             hs = r.get("hotspot")
             if hs:
                 ax.axvspan(hs[0], hs[1], color="orange", alpha=0.1)
+    if cols > 1:  # imbalance and latency on one scale across the runs, to compare them
+        for row in (1, 2):
+            lims = [axes[row][c].get_ylim() for c in range(cols)]
+            for c in range(cols):
+                axes[row][c].set_ylim(min(lo for lo, _ in lims), max(hi for _, hi in lims))
     fig.tight_layout()
     fig.savefig(path, dpi=90)
     plt.close(fig)

@@ -146,6 +146,8 @@ def results(d: RunData) -> dict[str, Any]:
         "hot_node": d.hot_node,
         "killed": d.killed,
         "hotspot": [onset, end] if onset is not None else None,
+        "ramp_end_s": round(warmup, 2),
+        "steady_window": sc.steady_window(),
         "throughput_msgs_per_s": round(received / sc.duration, 1),
         "latency": windows,
         "p99_ms": windows["overall"]["p99_ms"],
