@@ -29,6 +29,7 @@ from gateway.controlplane.controller import Controller
 from gateway.controlplane.core import CoreConfig
 from gateway.controlplane.directory import EmbeddedDirectory
 from gateway.controlplane.etcd_plane import EtcdController
+from gateway.controlplane.planner import PlannerConfig
 from gateway.etcd_routes import EtcdMirror, EtcdRoutes
 from gateway.etcd_transport import etcd_client
 from gateway.metrics import GatewayMetrics
@@ -110,6 +111,7 @@ async def serve(cfg: GatewayConfig, token: str, worker: int = 0) -> None:
             election_lease_s=cfg.election_lease_s,
             node_lease_s=cfg.lease_s,
             config=CoreConfig(rebalance=cfg.rebalance),
+            planner=PlannerConfig(tolerance=cfg.rebalance_tolerance),
             routes_ready=routes.ready,
         )
         gw.admission = controller.admission
@@ -119,7 +121,11 @@ async def serve(cfg: GatewayConfig, token: str, worker: int = 0) -> None:
     elif edir is not None:
         assert cfg.control_secret is not None
         controller = Controller(
-            edir, cfg.control_secret, gw.metrics, config=CoreConfig(rebalance=cfg.rebalance)
+            edir,
+            cfg.control_secret,
+            gw.metrics,
+            config=CoreConfig(rebalance=cfg.rebalance),
+            planner=PlannerConfig(tolerance=cfg.rebalance_tolerance),
         )
         gw.admission = controller.admission
         gw.credential_of = controller.endpoint.credential

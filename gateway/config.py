@@ -102,6 +102,9 @@ class GatewayConfig:
     )
     lease_s: float = setting(3.0, "backend lease")
     rebalance: bool = setting(True, "move hot keys (off: static consistent hashing)")
+    rebalance_tolerance: float = setting(
+        0.2, "the rebalancer's tolerance: it acts when max/mean utilization passes 1 + this"
+    )
     log_level: str = setting("info", "debug | info | warning | error")
 
     def __post_init__(self) -> None:
@@ -109,6 +112,8 @@ class GatewayConfig:
         _, admin_port = parse_hostport(self.admin_listen, "admin_listen")
         if self.workers < 1:
             raise ConfigError("config: workers must be >= 1")
+        if not 0 < self.rebalance_tolerance < 1:
+            raise ConfigError("config: rebalance_tolerance must be in (0, 1)")
         if self.workers > 1 and (port == 0 or admin_port == 0):
             raise ConfigError("config: workers > 1 need fixed ports for listen and admin_listen")
         for b in self.static_backend:

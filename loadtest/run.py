@@ -148,6 +148,7 @@ class Runner:
                 backends=sc.backends,
                 capacity=cap,
                 service_times=service,
+                rebalance_tolerance=sc.rebalance_tolerance,
                 durability=sc.durability,
                 rebalance=sc.rebalance,
             )

@@ -41,6 +41,8 @@ class Scenario:
     kill_at: float | None = None  # SIGKILL the hotspot's node (or the first backend)
     rebalance: bool = True
     tolerance: float = 0.25  # "rebalanced" means max/mean below 1 + tolerance
+    # The gateway's rebalance_tolerance (what its planner aims at; None: its default, 0.2).
+    rebalance_tolerance: float | None = None
     durability: str = "handoff"
     capacity: float | None = None  # per backend; None: derived so the hotspot overloads
     # Finite capacity: each message takes this long of a x1 backend's server (µs; 0: no
@@ -69,6 +71,10 @@ class Scenario:
             (self.hotspot_keys >= 1, "hotspot_keys must be >= 1"),
             (0 < self.tolerance < 1, "tolerance must be in (0, 1)"),
             (0 <= self.hotspot_quiet <= 1, "hotspot_quiet must be in [0, 1]"),
+            (
+                self.rebalance_tolerance is None or 0 < self.rebalance_tolerance < 1,
+                "rebalance_tolerance must be in (0, 1)",
+            ),
             (self.message_bytes >= 0, "message_bytes must be >= 0"),
         ]
         for ok, msg in checks:
@@ -148,7 +154,10 @@ class Scenario:
             text += f"; at {self.flash_at:g} s, {self.flash_clients} clients join one key"
         if self.kill_at is not None:
             text += f"; at {self.kill_at:g} s, kill -9 of the hotspot's node"
-        return text + f"; rebalance {'on' if self.rebalance else 'off'}"
+        text += f"; rebalance {'on' if self.rebalance else 'off'}"
+        if self.rebalance and self.rebalance_tolerance is not None:
+            text += f" (tolerance {self.rebalance_tolerance:g})"
+        return text
 
 
 def builtin_names() -> list[str]:

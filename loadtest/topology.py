@@ -83,6 +83,7 @@ class Topology:
     rebalance: bool = True
     # node name → service time (µs): a finite capacity of its own (backend service_time_us)
     service_times: dict[str, float] = field(default_factory=dict)
+    rebalance_tolerance: float | None = None  # the gateway's (None: its default)
     host: str = "127.0.0.1"
     secret: str = field(default_factory=lambda: secrets.token_hex(16))
     admin_token: str = field(default_factory=lambda: secrets.token_hex(16))
@@ -123,6 +124,11 @@ class Topology:
                 str(self.workdir / "gateway"),
                 "--rebalance",
                 "on" if self.rebalance else "off",
+                *(
+                    ["--rebalance-tolerance", str(self.rebalance_tolerance)]
+                    if self.rebalance_tolerance is not None
+                    else []
+                ),
                 # All simulated clients share one address: per-address limits are for
                 # real clients (docs/security.md).
                 "--max-conns-per-ip",
