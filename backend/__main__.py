@@ -64,6 +64,9 @@ async def serve(cfg: BackendConfig) -> None:
         # With a service queue, its speed is known until measured: 1 / service time.
         prior=1e6 / cfg.service_time_us if cfg.service_time_us else 1000.0,
         queued=cfg.service_time_us > 0,
+        # The service queue's busy time is exact; CPU time on a shared machine jitters, so
+        # without a queue a configured capacity is taken as it is.
+        measure=cfg.service_time_us > 0 or cfg.capacity is None,
     )
     node = Node(app, store, meter, cfg)
     server = BackendServer(

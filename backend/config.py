@@ -29,8 +29,8 @@ class BackendConfig:
     node_id: str = setting("", "stable node name (empty: the advertised address)")
     capacity: float | None = setting(
         None,
-        "a cap on the node's estimated capacity, messages/s (none: the estimate alone, "
-        "1000 until the node has been busy enough to measure)",
+        "messages/s the node carries: a cap on what it measures with service_time_us, "
+        "else what it reports (none: measured from CPU time, 1000 until busy enough)",
     )
     service_time_us: float = setting(
         0.0,

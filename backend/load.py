@@ -78,6 +78,7 @@ class LoadMeter:
     prior: float = 1000.0  # capacity assumed before the first estimate, without a cap
     min_busy: float = 0.1  # busy fraction below which an interval says nothing of capacity
     queued: bool = False  # demand is counted by arrive() (a service queue), not record()
+    measure: bool = True  # estimate capacity from the busy time reported (else: the cap/prior)
     top_n: int = 16
     pressure: bool = False
     _counts: dict[str, list[Any]] = field(default_factory=dict)  # key → [slot, n]
@@ -143,7 +144,7 @@ class LoadMeter:
         return min(est, self.capacity) if self.capacity is not None else est
 
     def _estimate_capacity(self, dt: float, busy: float) -> None:
-        if busy < self.min_busy or self._served == 0:
+        if not self.measure or busy < self.min_busy or self._served == 0:
             return
         served = self._served / dt
         if self._cap_busy <= 0:

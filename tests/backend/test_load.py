@@ -152,3 +152,11 @@ def test_report_is_always_sane(intervals, dt):
         if m.low <= rep.score <= m.high:
             assert rep.pressure == was
         was = rep.pressure
+
+
+def test_a_configured_capacity_without_measuring_is_reported_as_it_is():
+    m = LoadMeter(300.0, measure=False)
+    m.report(0.0, sessions=0)
+    for _ in range(200):
+        m.record("k", 1, 0.0)
+    assert m.report(1.0, sessions=1, busy=0.5).capacity == 300.0  # 400/s of CPU ignored
