@@ -19,11 +19,11 @@ from backend.config import BackendConfig
 from backend.control_agent import ControlAgent
 from backend.control_client import ControlClient, LoopProbe
 from backend.etcd_link import EtcdLink
-from backend.etcd_transport import etcd_client
 from backend.load import LoadMeter
 from backend.node import Node
 from backend.redis_store import open_store
 from backend.server import BackendServer
+from clientlib.io.etcd_transport import etcd_client
 from clientlib.kernel.etcd import parse_endpoints
 from clientlib.kernel.etcd_layout import Layout
 from clientlib.kernel.logsetup import configure_logging
