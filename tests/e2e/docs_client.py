@@ -25,7 +25,7 @@ import websockets
 from websockets.exceptions import ConnectionClosed, InvalidStatus
 
 MAX_INT = 2**53 - 1  # rule 10
-HINT_MIN_MS, HINT_MAX_MS = 1, 3_600_000  # "hints outside 1 ms – 1 h are ignored"
+HINT_MIN_MS, HINT_MAX_MS = 1, 3_600_000  # "hints outside 1 ms to 1 h are ignored"
 
 # The close-code table: code -> action.
 ACTIONS: dict[int, str] = {
@@ -107,20 +107,19 @@ class Backoff:
     attempt: int = 0
     rng: random.Random = field(default_factory=random.Random)
 
-    def delay(self, action: str, hint: dict[str, int]) -> float:
+    def delay(self, action: str, hint: dict[str, int], lived: float = 0.0) -> float:
+        """The wait after a connection that ended (or an attempt that failed) after
+        ``lived`` seconds. Every failure counts, whatever its action; a connection that
+        lived ``stable_after`` ends the row."""
+        self.attempt = 0 if lived >= self.stable_after else self.attempt + 1
+        exponent = max(self.attempt - 1, 0)
         if action == "reconnect_window":
             return self.rng.uniform(0, hint.get("window_ms", self.default_window * 1000) / 1000)
         if action == "retry_after" and "after_ms" in hint:
             after = hint["after_ms"] / 1000
             return after + self.rng.uniform(0, after / 4)
         # "reconnect", and retry_after without its hint: full-jitter exponential backoff.
-        d = self.rng.uniform(0, min(self.cap, self.base * 2**self.attempt))
-        self.attempt += 1
-        return d
-
-    def lived(self, seconds: float) -> None:
-        if seconds >= self.stable_after:
-            self.attempt = 0
+        return self.rng.uniform(0, min(self.cap, self.base * 2**exponent))
 
 
 class ProtocolViolation(Exception):
@@ -273,8 +272,7 @@ class DocsClient:
                 self._ws = None
             if self._closing:
                 return
-            self.backoff.lived(time.monotonic() - started)
-            await asyncio.sleep(self.backoff.delay(action, hint))
+            await asyncio.sleep(self.backoff.delay(action, hint, time.monotonic() - started))
 
     async def _one_connection(self) -> tuple[str, dict[str, int]]:
         try:

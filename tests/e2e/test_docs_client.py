@@ -113,8 +113,9 @@ async def test_rules_are_pure() -> None:
     assert all(0 <= d <= min(30, 0.25 * 2**i) for i, d in enumerate(ds))
     assert 2.0 <= b.delay("retry_after", {"after_ms": 2000}) <= 2.5
     assert 0 <= b.delay("reconnect_window", {}) <= 1.0
-    b.lived(10.0)
-    assert b.attempt == 0
+    assert b.attempt == 12  # every failure counts, whatever its action
+    assert b.delay("reconnect", {}, lived=10.0) <= 0.25 and b.attempt == 0
+    assert b.delay("reconnect", {}) <= 0.25 and b.attempt == 1
 
 
 @pytest.mark.parametrize(

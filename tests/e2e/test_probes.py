@@ -137,7 +137,10 @@ VIOLATIONS: dict[str, list[Any]] = {
     "hello.sid as a number": [{"t": "hello", "sid": 5, "last": 0}],
     "hello without last": [{"t": "hello", "sid": None}],
     "a 100 kB sid": [{"t": "hello", "sid": "a" * 100_000, "last": 0}],
-    "JSON nested 1100 deep": [HELLO, '{"t":"msg","seq":1,"ack":0,"d":' + "[" * 1100 + "]" * 1100 + "}"],
+    "JSON nested 1100 deep": [
+        HELLO,
+        '{"t":"msg","seq":1,"ack":0,"d":' + "[" * 1100 + "]" * 1100 + "}",
+    ],
 }
 
 
@@ -209,6 +212,20 @@ async def test_message_items_limit(topo: Topology) -> None:
     assert await run(topo, "items:big", [HELLO, big]) == ("close", 1009)
 
 
+async def test_invalid_utf8_in_a_text_frame_is_closed_1007(topo: Topology) -> None:
+    """1007, with the WebSocket library's text as the reason (not a JSON hint)."""
+    ws, _ = await opened(topo, "utf8")
+    try:
+        ws.protocol.send_text(b'{"t":"ack","ack":0,"x":"\xff"}')
+        for data in ws.protocol.data_to_send():
+            ws.transport.write(data)
+        with pytest.raises(ConnectionClosed) as exc:
+            await asyncio.wait_for(ws.recv(), 5)
+        assert exc.value.rcvd is not None and exc.value.rcvd.code == 1007
+    finally:
+        ws.transport.abort()
+
+
 # ------------------------------------------------------------------------- keys
 
 
@@ -229,7 +246,7 @@ async def test_message_items_limit(topo: Topology) -> None:
     ],
 )
 async def test_key_limits(topo: Topology, key: str, ok: bool) -> None:
-    """docs/protocol.md: 1–256 printable characters (code points, str.isprintable)."""
+    """docs/protocol.md: 1 to 256 printable characters (code points, str.isprintable)."""
     if ok:
         assert await run(topo, key, [HELLO, msg(1)]) == ("msg", {"n": 1, "count": 1})
     else:
@@ -259,7 +276,7 @@ async def raw_upgrade(t: Topology, target: bytes, extra: bytes = b"") -> tuple[i
             w.write(bytes([0x81, 0x80 | len(data)]) + mask + masked)
         replies = []
         while len(replies) < 2:
-            b0, n = await asyncio.wait_for(r.readexactly(2), 5)
+            _, n = await asyncio.wait_for(r.readexactly(2), 5)
             replies.append(json.loads(await r.readexactly(n)))
         return status, replies[1]["d"]
     finally:
@@ -279,6 +296,9 @@ async def test_header_key_is_taken_as_is(topo: Topology) -> None:
     assert await raw_upgrade(topo, b"/ws?key=hdr%2541") == (101, {"n": 1, "count": 2})
     assert await raw_upgrade(topo, b"/ws?key=q1", h) == (101, {"n": 1, "count": 1})
     assert await raw_upgrade(topo, b"/ws?key=q1&key=hdr%2541") == (101, {"n": 1, "count": 2})
+    # a `%` without two hex digits is taken literally
+    assert await raw_upgrade(topo, b"/ws?key=p%zz") == (101, {"n": 1, "count": 1})
+    assert await raw_upgrade(topo, b"/ws?key=p%25zz") == (101, {"n": 1, "count": 2})
 
 
 @pytest.mark.xfail(
