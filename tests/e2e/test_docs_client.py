@@ -229,6 +229,19 @@ async def test_ending_a_session_for_good(topo: Topology) -> None:
         assert again[0]["count"] == got[-1]["count"] + 1
 
 
+async def test_a_close_other_than_1000_leaves_the_session_resumable(topo: Topology) -> None:
+    """Rule 9: only 1000 ends a session; 1001 (or any other code) leaves it resumable."""
+    key = "docs:1001"
+    async with connect(key_url(topo.url, key), open_timeout=5) as ws:
+        await ws.send(json.dumps({"t": "hello", "sid": None, "last": 0, "ack": 0}))
+        sid = json.loads(await ws.recv())["sid"]
+        await ws.send(json.dumps({"t": "msg", "seq": 1, "ack": 0, "d": {"n": 1}}))
+        assert json.loads(await ws.recv())["d"] == {"n": 1, "count": 1}
+        await ws.close(1001)
+    w = await raw_hello(topo, key, {"t": "hello", "sid": sid, "last": 1, "ack": 1})
+    assert w == {"t": "welcome", "sid": sid, "resumed": True, "last": 1}
+
+
 async def test_a_dropped_connection_resumes(topo: Topology) -> None:
     key = "docs:drop"
     async with docs_client(topo, key) as c:

@@ -169,6 +169,17 @@ async def test_what_the_server_tolerates(topo: Topology) -> None:
         assert await outcome(ws, 0.5) == ("open", None)
     finally:
         await ws.close()
+    # an ack below an earlier one is ignored (acks are cumulative)
+    ws, _ = await opened(topo, "ok:regress")
+    try:
+        await ws.send(json.dumps(msg(1)))
+        assert await outcome(ws) == ("msg", {"n": 1, "count": 1})
+        await ws.send(json.dumps({"t": "ack", "ack": 1}))
+        await ws.send(json.dumps({"t": "ack", "ack": 0}))
+        await ws.send(json.dumps(msg(2, ack=0)))
+        assert await outcome(ws) == ("msg", {"n": 2, "count": 2})
+    finally:
+        await ws.close()
     # nesting up to orjson's limit
     deep = '{"t":"msg","seq":1,"ack":0,"d":' + "[" * 1000 + "]" * 1000 + "}"
     assert await run(topo, "ok:deep", [HELLO, deep]) == ("msg", {"n": None, "count": 1})
@@ -222,6 +233,7 @@ async def test_invalid_utf8_in_a_text_frame_is_closed_1007(topo: Topology) -> No
         with pytest.raises(ConnectionClosed) as exc:
             await asyncio.wait_for(ws.recv(), 5)
         assert exc.value.rcvd is not None and exc.value.rcvd.code == 1007
+        assert exc.value.rcvd.reason and not exc.value.rcvd.reason.startswith("{")
     finally:
         ws.transport.abort()
 
