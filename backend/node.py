@@ -343,6 +343,14 @@ class Node:
             ):
                 # State was lost (a crash in a mode that had not saved it): cannot resume.
                 del ak.sessions[session.sid]
+                if session.wire is not None:
+                    # A connection still carries it: the session it serves is gone, so it
+                    # ends as a taken-over session does (4503), not silently.
+                    ak.ctx.sessions.pop(session.sid, None)
+                    if not ak.frozen:
+                        self.app.on_leave(ak.ctx, session)
+                    session.wire.close(CloseCode.SESSION_CONFLICT, "")
+                    session.wire = None
                 session = None
             else:
                 session.outbox.ack(hello.last)

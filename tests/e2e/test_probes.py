@@ -318,11 +318,6 @@ async def test_header_key_is_taken_as_is(topo: Topology) -> None:
     assert await raw_upgrade(topo, b"/ws?key=p%25zz") == (101, {"n": 1, "count": 2})
 
 
-@pytest.mark.xfail(
-    strict=True,
-    reason="gateway/handshake.py decodes the X-Routing-Key header as Latin-1: the key "
-    "'café' sent as UTF-8 in the header becomes 'cafÃ©', another key on maybe another node",
-)
 async def test_a_non_ascii_key_in_the_header_is_the_same_key(topo: Topology) -> None:
     assert await raw_upgrade(topo, b"/ws?key=caf%C3%A9h") == (101, {"n": 1, "count": 1})
     status, d = await raw_upgrade(topo, b"/ws", "X-Routing-Key: caféh\r\n".encode())
@@ -374,13 +369,6 @@ async def test_unfinished_upgrades_from_one_address_get_429(topo: Topology) -> N
             w.close()
 
 
-@pytest.mark.xfail(
-    strict=True,
-    reason="backend/node.py attach(): a refused resume (resumed: false) of a session that "
-    "still has a live connection forgets the session but leaves that connection serving "
-    "it: the connection is not told (no 4503), and once it drops its session is not "
-    "resumable although it never closed with 1000 (rule 9)",
-)
 async def test_a_refused_resume_does_not_leave_a_live_connection_on_a_dead_session(
     topo: Topology,
 ) -> None:

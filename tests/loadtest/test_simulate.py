@@ -245,6 +245,11 @@ def test_seed_49_the_resume_bound_survives_a_handoff_after_lost_state(monkeypatc
     replays(monkeypatch, undo_bound_in_the_store, 49, "heavy", "handoff", "no-silent-rollback")
 
 
+def test_seed_320_a_node_past_its_lease_takes_no_session_for_a_key_in_memory(monkeypatch):
+    """Found by seed 500 (heavy, checkpoint) of the simulator as it then was."""
+    replays(monkeypatch, undo_lease_check_in_memory, 320, "heavy", "checkpoint", "single-owner")
+
+
 def test_seed_29_units_of_the_last_node_gone_find_a_new_owner(monkeypatch):
     """Found by seed 382 (heavy, handoff) of the simulator as it then was."""
     replays(monkeypatch, undo_orphans, 29, "heavy", "write-through", "availability")
