@@ -15,6 +15,7 @@ from backend.control_agent import ControlAgent
 from backend.node import Node, NotOwner, Persisted
 from clientlib.kernel import control_protocol as cp
 from clientlib.kernel.session_protocol import Hello
+from gateway.controlplane.core import ControlCore
 from gateway.controlplane.directory import EmbeddedDirectory
 from loadtest.sim import simulate
 from loadtest.sim.faults import PROFILES
@@ -265,6 +266,20 @@ def test_seed_207_a_release_acts_once_and_never_after_its_move(monkeypatch):
     replays(monkeypatch, undo_release_once, 207, "adversarial", "checkpoint", "single-owner")
 
 
-def test_seed_115_a_node_cut_off_stops_before_its_keys_are_given_away(monkeypatch):
-    """Found by seed 115 (heavy, handoff)."""
-    replays(monkeypatch, undo_lease_margin, 115, "heavy", "handoff", "single-owner")
+def test_seed_308_a_node_cut_off_stops_before_its_keys_are_given_away(monkeypatch):
+    """Found by seed 115 (heavy, handoff) of the simulator as it then was."""
+    replays(monkeypatch, undo_lease_margin, 308, "heavy", "handoff", "single-owner")
+
+
+def undo_release_version(monkeypatch):
+    """A release does not say which table it was planned on: the source acts at once."""
+    monkeypatch.setattr(
+        ControlCore,
+        "_release_order",
+        lambda self, rec: cp.Release(rec.id, rec.epoch, rec.targets),
+    )
+
+
+def test_seed_7674_a_release_waits_for_the_table_it_was_planned_on(monkeypatch):
+    """Found by seed 7674 (adversarial, checkpoint) of the 20,000-seed run."""
+    replays(monkeypatch, undo_release_version, 7674, "adversarial", "checkpoint", "availability")
