@@ -241,9 +241,9 @@ def test_seed_232_a_reloaded_room_resumes_no_member_that_saw_lost_messages(monke
     replays(monkeypatch, undo_resume_bound, 232, "heavy", "checkpoint", "no-silent-rollback")
 
 
-def test_seed_49_the_resume_bound_survives_a_handoff_after_lost_state(monkeypatch):
+def test_seed_1260_the_resume_bound_survives_a_handoff_after_lost_state(monkeypatch):
     """Found by seed 539 (heavy, checkpoint) of the simulator as it then was."""
-    replays(monkeypatch, undo_bound_in_the_store, 49, "heavy", "handoff", "no-silent-rollback")
+    replays(monkeypatch, undo_bound_in_the_store, 1260, "heavy", "handoff", "no-silent-rollback")
 
 
 def test_seed_320_a_node_past_its_lease_takes_no_session_for_a_key_in_memory(monkeypatch):
