@@ -24,7 +24,6 @@ from collections.abc import Sequence
 from typing import Any, Final
 from urllib.parse import urlsplit
 
-import orjson
 import redis
 
 from backend.journal import current

@@ -26,11 +26,12 @@ simulator and tests.
 
 from __future__ import annotations
 
+import contextlib
 import sqlite3
 import threading
 import time
-from pathlib import Path
 from collections.abc import Sequence
+from pathlib import Path
 from typing import NamedTuple, Protocol
 
 __all__ = [
@@ -213,10 +214,8 @@ class SQLiteStore:
 
     def _rollback(self) -> None:
         if self._db.in_transaction:
-            try:
+            with contextlib.suppress(sqlite3.Error):
                 self._db.execute("ROLLBACK")
-            except sqlite3.Error:
-                pass
 
     def load(self, key: str) -> StoredState | None:
         try:

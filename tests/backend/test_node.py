@@ -1,6 +1,5 @@
 """The node's core: sessions, resume, durability, and the serving rule under moves."""
 
-import orjson
 import pytest
 
 from backend.apps.chat import ChatApp

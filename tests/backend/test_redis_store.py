@@ -8,8 +8,8 @@ from hypothesis import strategies as st
 
 from backend.redis_store import RedisStore, open_store
 from backend.store import MemoryStore, SQLiteStore, StaleEpoch, StoredState, StoreError, accepts
-from tests.backend.conftest import check_journal_fence
 from loadtest.services import RedisServer, missing
+from tests.backend.conftest import check_journal_fence
 
 pytestmark = [
     pytest.mark.timeout(60),
