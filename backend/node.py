@@ -70,6 +70,11 @@ __all__ = ["ActiveKey", "Node", "NotOwner", "Persisted", "Session", "Wire"]
 
 log = structlog.get_logger("backend.node")
 
+# Write-through: journals compacted at most this many per commit (for their size) and
+# per sweep (for their age); the rest wait for the next. Removing a journal costs about
+# what appending it did, and a burst of them stalls the event loop for every key.
+COMPACTIONS_PER_TURN = 4
+
 
 class Wire(Protocol):
     """A session's live connection, as the node needs it."""
@@ -133,6 +138,8 @@ class ActiveKey:
     record_epoch: int = -1  # the epoch of this node's own record in the store (-1: none)
     record_bytes: int = 0
     journal_bytes: int = 0  # appended since the record
+    compacted_at: float = 0.0  # when its record was last written (write-through's sweep)
+    phase: float = 0.0  # write-through: its sweep compactions fall at this offset in the period
 
 
 class Node:
@@ -313,6 +320,10 @@ class Node:
             state = self.app.initial_state(key)
         members: dict[str, Session] = {}
         ak = ActiveKey(KeyContext(key, state, self._send, members), slot_of(key), epoch, members)
+        # Keys compact their journals every checkpoint_s, each at its own phase (by slot),
+        # so that the sweeps spread the record writes instead of doing them all at once.
+        ak.phase = (ak.slot % 997) / 997 * self.config.checkpoint_s
+        ak.compacted_at = self.clock()
         if loaded is not None and loaded.owner == self.node_id:
             ak.record_epoch = loaded.epoch
             ak.record_bytes = len(loaded.blob)
@@ -367,6 +378,7 @@ class Node:
         # The record holds everything: the journal is gone, what was pending is stored.
         ak.record_epoch = at if owner == self.node_id else -1
         ak.record_bytes = len(blob)
+        ak.compacted_at = self.clock()
         if ak.journal_bytes:
             self.stats["compactions"] += 1
         ak.journal_bytes = 0
@@ -440,16 +452,25 @@ class Node:
         batch: list[Append] = []
         appended: list[ActiveKey] = []
         limit = self.config.journal_max_bytes
+        budget = COMPACTIONS_PER_TURN
         for key, ak in pending.items():
             if not ak.changed or self.keys.get(key) is not ak:
                 continue
-            entry = self._entry(ak)
-            if ak.record_epoch != ak.epoch or ak.journal_bytes + len(entry) > max(
-                limit, ak.record_bytes
-            ):
-                # No record of ours at this epoch to append to, or a journal as big as
-                # the record: write the record (compaction).
-                self._settle(ak, self.persist(ak))
+            try:
+                entry = self._entry(ak)
+                full = ak.journal_bytes + len(entry) > max(limit, ak.record_bytes)
+                if ak.record_epoch != ak.epoch or (full and budget > 0):
+                    # No record of ours at this epoch to append to, or a journal as big
+                    # as the record: write the record (compaction).
+                    if full:
+                        budget -= 1
+                    self._settle(ak, self.persist(ak))
+                    continue
+            except Exception:
+                # The app's state would not serialize: nothing of it can be stored, so
+                # nothing is acknowledged (the key reloads from what was).
+                log.exception("commit_failed", key=key)
+                self._drop(ak, CloseCode.INTERNAL_ERROR, "")
                 continue
             batch.append((key, ak.epoch, self.node_id, entry))
             appended.append(ak)
@@ -732,12 +753,13 @@ class Node:
         cfg = self.config
         if self.view is not None and self.keys and now >= self.lease_until:
             self.lease_lost()
-        # Checkpoint mode writes changed keys; write-through compacts journals.
-        checkpoint = cfg.durability != "handoff" and now - self._last_checkpoint >= (
+        checkpoint = cfg.durability == "checkpoint" and now - self._last_checkpoint >= (
             cfg.checkpoint_s
         )
         if checkpoint:
             self._last_checkpoint = now
+        budget = COMPACTIONS_PER_TURN
+        period = cfg.checkpoint_s
         for key, ak in list(self.keys.items()):
             if ak.frozen:
                 continue
@@ -753,8 +775,18 @@ class Node:
                         self._gone(ak, sid)
             if self.keys.get(key) is not ak:
                 continue  # its commit failed: dropped
-            unsaved = ak.dirty or ak.journal_bytes > 0 or ak.changed
-            if unsaved and checkpoint and self.persist(ak) is Persisted.FENCED:
+            if self.journaling:
+                # Write-through compacts a key's journal once a period has turned since its
+                # record was written, at the key's own phase (see activate), a few a sweep.
+                due = (
+                    budget > 0
+                    and ak.journal_bytes > 0
+                    and (now + ak.phase) // period > (ak.compacted_at + ak.phase) // period
+                )
+                budget -= due
+            else:
+                due = ak.dirty and checkpoint
+            if due and self.persist(ak) is Persisted.FENCED:
                 self._drop(ak, CloseCode.NOT_OWNER, "")
                 continue
             if (

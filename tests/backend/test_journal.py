@@ -315,3 +315,24 @@ def test_compaction_when_the_journal_outgrows_the_record_and_on_sweep():
     node.sweep(clock())
     assert "k" not in store.journals
     assert orjson.loads(store.load("k").blob)["state"] == {"count": 59}
+
+
+class Unstorable(CounterApp):
+    def dump_state(self, state: Any) -> Any:
+        if state["count"] >= 2:
+            return {"count": object()}  # not JSON
+        return state
+
+
+def test_a_state_that_cannot_be_stored_is_not_acknowledged():
+    store = MemoryStore()
+    node = make_node(store, Clock(), app=Unstorable(), durability="write-through")
+    committing(node)
+    w = FakeWire()
+    s, _ = node.attach("k", 0, Hello(None, 0), w)
+    node.receive(s, Msg(1, 0, {"n": 1}))
+    node.commit()
+    node.receive(s, Msg(2, 0, {"n": 2}))
+    node.commit()
+    assert w.closed is not None and w.closed[0] == CloseCode.INTERNAL_ERROR
+    assert stored(store, "k")["state"] == {"count": 1}
