@@ -192,13 +192,14 @@ class SQLiteStore:
                     " key TEXT PRIMARY KEY, epoch INTEGER NOT NULL, blob BLOB NOT NULL,"
                     " owner TEXT NOT NULL DEFAULT '')"
                 )
-                # Write-through's journal: entries in the order written (rowids only grow
-                # while a key has entries: a new row's rowid is above every existing one).
+                # Write-through's journal, clustered by key: a key's entries sit together,
+                # so removing them at compaction touches few pages (with a rowid table
+                # and an index, one page per entry: the keys' entries interleave).
                 self._db.execute(
                     "CREATE TABLE IF NOT EXISTS journal ("
-                    " id INTEGER PRIMARY KEY, key TEXT NOT NULL, entry BLOB NOT NULL)"
+                    " key TEXT NOT NULL, seq INTEGER NOT NULL, entry BLOB NOT NULL,"
+                    " PRIMARY KEY (key, seq)) WITHOUT ROWID"
                 )
-                self._db.execute("CREATE INDEX IF NOT EXISTS journal_key ON journal(key, id)")
                 cols = {r[1] for r in self._db.execute("PRAGMA table_info(keystate)")}
                 if "owner" not in cols:  # a store written before owners were recorded
                     self._db.execute(
@@ -232,7 +233,7 @@ class SQLiteStore:
                         else tuple(
                             bytes(r[0])
                             for r in self._db.execute(
-                                "SELECT entry FROM journal WHERE key=? ORDER BY id", (key,)
+                                "SELECT entry FROM journal WHERE key=? ORDER BY seq", (key,)
                             )
                         )
                     )
@@ -281,9 +282,11 @@ class SQLiteStore:
                     for key, epoch, owner, entry in items:
                         # Fenced in the statement: written only under the appender's record.
                         cur = self._db.execute(
-                            "INSERT INTO journal(key, entry) SELECT ?, ? WHERE EXISTS ("
-                            "SELECT 1 FROM keystate WHERE key=? AND epoch=? AND owner=?)",
-                            (key, entry, key, epoch, owner),
+                            "INSERT INTO journal(key, seq, entry) SELECT ?,"
+                            " coalesce((SELECT max(seq) FROM journal WHERE key=?), 0) + 1, ?"
+                            " WHERE EXISTS (SELECT 1 FROM keystate"
+                            " WHERE key=? AND epoch=? AND owner=?)",
+                            (key, key, entry, key, epoch, owner),
                         )
                         done.append(cur.rowcount == 1)
                     self._db.execute("COMMIT")

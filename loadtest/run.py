@@ -86,7 +86,7 @@ def read_counts(store: Path | str) -> dict[str, int]:
             "SELECT 1 FROM sqlite_master WHERE type='table' AND name='journal'"
         ).fetchone()
         if has_journal:  # write-through's entries since each record
-            for key, entry in db.execute("SELECT key, entry FROM journal ORDER BY id"):
+            for key, entry in db.execute("SELECT key, entry FROM journal ORDER BY key, seq"):
                 journals.setdefault(key, []).append(bytes(entry))
         for key, blob in db.execute("SELECT key, blob FROM keystate"):
             state = current(blob, journals.get(key, ())).get("state") or {}
