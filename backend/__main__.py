@@ -19,11 +19,11 @@ from backend.config import BackendConfig
 from backend.control_agent import ControlAgent
 from backend.control_client import ControlClient, LoopProbe
 from backend.etcd_link import EtcdLink
-from backend.etcd_transport import etcd_client
 from backend.load import LoadMeter
 from backend.node import Node
 from backend.redis_store import open_store
 from backend.server import BackendServer
+from clientlib.io.etcd_transport import etcd_client
 from clientlib.kernel.etcd import parse_endpoints
 from clientlib.kernel.etcd_layout import Layout
 from clientlib.kernel.logsetup import configure_logging
@@ -43,8 +43,9 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
         prog="python -m backend",
         description="Run a stateful WebSocket backend node. Every setting is also read "
         "from BACKEND_<NAME> and from the --config TOML file (keys are the setting names).",
-        epilog="example: python -m backend counter --listen 127.0.0.1:9101 --node-id node-1 "
-        "--control ws://127.0.0.1:9090/v1/control --control-secret s3cret",
+        epilog="example: BACKEND_CREDENTIAL=$(python -m gateway credential node-1 "
+        "--control-secret s3cret) python -m backend counter --listen 127.0.0.1:9101 "
+        "--node-id node-1 --control ws://127.0.0.1:9090/v1/control",
     )
     p.add_argument("app", nargs="?", choices=sorted(APPS), help="example app to run")
     p.add_argument("--config", help="TOML file with backend settings")

@@ -46,7 +46,16 @@ class BackendConfig:
         ".state/store.db", "the state store: an SQLite file path, or redis://HOST:PORT/DB"
     )
     durability: Durability = setting("handoff", "handoff | checkpoint | write-through")
-    checkpoint_s: float = setting(5.0, "checkpoint mode: changed keys are written this often")
+    checkpoint_s: float = setting(
+        5.0,
+        "checkpoint mode: changed keys are written this often; write-through: journals "
+        "are compacted this often",
+    )
+    journal_max_bytes: int = setting(
+        64 << 10,
+        "write-through: a key's journal is compacted into its record once it would pass "
+        "this many bytes and the record's size",
+    )
     control: str | None = setting(None, "control endpoint, ws://HOST:PORT/v1/control")
     etcd: str | None = setting(
         None, "the directory in etcd (HOST:PORT,HOST:PORT,...) instead of a control endpoint"
@@ -133,6 +142,8 @@ class BackendConfig:
             raise ConfigError("config: tls_cert and tls_key go together")
         if self.node_held_bytes < self.max_message:
             raise ConfigError("config: node_held_bytes must be at least max_message")
+        if self.journal_max_bytes < 1024:
+            raise ConfigError("config: journal_max_bytes must be at least 1024")
         if self.replay_max_count < 1 or self.replay_max_bytes < 1024:
             raise ConfigError("config: replay_max_count >= 1 and replay_max_bytes >= 1024")
         for name in ("checkpoint_s", "session_ttl_s", "key_idle_s"):

@@ -107,7 +107,13 @@ class ControlAgent:
                         self._sent.popitem(last=False)
             case cp.TableUpdate(table):
                 node.set_view(table)
-            case cp.Release(move, epoch, targets):
+            case cp.Release(move, epoch, targets, version):
+                if version and (node.view is None or node.view.version < version):
+                    # Our table is older than the move's: a key with a unit of its own
+                    # that we do not know of would be handed off with its slot. No answer:
+                    # the plane sends the table, then the release, again.
+                    log.warning("release_deferred", move=move, table_behind=version)
+                    return []
                 flushed, error = node.release(epoch, list(targets))
                 log.info("release", move=move, units=len(targets), flushed=flushed, error=error)
                 return [cp.Released(move, flushed, error)]

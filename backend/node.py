@@ -24,6 +24,19 @@ else's: sessions close with 4000 "moved") or the abort (the unit comes back at
 a newer epoch: frozen sessions resume where they stopped, their held messages
 are processed in order). Nothing is frozen without an end: if neither comes,
 the lease runs out and the node stops serving everything.
+
+**Write-through** writes what changed, not the whole key: every change to a key
+(a message processed, a session joining, leaving or ending, frames queued, acks)
+marks the sessions it touched, and :meth:`Node.commit` appends one journal
+entry per changed key (:mod:`backend.journal`) for all of them in one store
+transaction (group commit; the I/O shell calls it once per event-loop turn through
+``schedule_commit``). Until a key's changes are committed its connections write
+nothing (:meth:`Node.output_held`): no ack, no reply, no welcome leaves before the
+change it reports is stored. A failed append is not acknowledged: the key is
+dropped and reloads from the store. The record is rewritten in full (and the
+journal cleared) on a move, SIGTERM, a lost lease, deactivation, every
+``checkpoint_s``, and when the journal would outgrow ``journal_max_bytes`` and the
+record: compaction.
 """
 
 from __future__ import annotations
@@ -40,8 +53,9 @@ import structlog
 
 from backend.app import App, KeyContext, SessionHandle
 from backend.config import BackendConfig
+from backend.journal import SessionOp, encode_entry, replay
 from backend.load import LoadMeter
-from backend.store import StaleEpoch, StateStore, StoreError
+from backend.store import Append, StaleEpoch, StateStore, StoreError
 from clientlib.kernel.replay import Inbox, Outbox, OutboxFull
 from clientlib.kernel.routing import SlotTable, Unit, slot_of
 from clientlib.kernel.session_protocol import (
@@ -55,6 +69,11 @@ from clientlib.kernel.session_protocol import (
 __all__ = ["ActiveKey", "Node", "NotOwner", "Persisted", "Session", "Wire"]
 
 log = structlog.get_logger("backend.node")
+
+# Write-through: journals compacted at most this many per commit (for their size) and
+# per sweep (for their age); the rest wait for the next. Removing a journal costs about
+# what appending it did, and a burst of them stalls the event loop for every key.
+COMPACTIONS_PER_TURN = 4
 
 
 class Wire(Protocol):
@@ -111,6 +130,16 @@ class ActiveKey:
     flushed_at: int = -1  # the release epoch its state was written at for the new owner
     dirty: bool = False
     idle_since: float | None = None
+    # Write-through's journal. The sessions changed since the last commit, each with its
+    # outbox's last seq when first touched (None: the session ended).
+    touched: dict[str, tuple[Session | None, int]] = field(default_factory=dict)
+    changed: bool = False  # changes not yet committed: the key's connections write nothing
+    blocked: set[Wire] = field(default_factory=set)  # connections waiting for the commit
+    record_epoch: int = -1  # the epoch of this node's own record in the store (-1: none)
+    record_bytes: int = 0
+    journal_bytes: int = 0  # appended since the record
+    compacted_at: float = 0.0  # when its record was last written (write-through's sweep)
+    phase: float = 0.0  # write-through: its sweep compactions fall at this offset in the period
 
 
 class Node:
@@ -140,6 +169,12 @@ class Node:
         self.max_epoch_seen = 0
         self.held_bytes = 0  # raw input held by all connections (the node-wide budget)
         self._last_checkpoint = clock()
+        self.journaling = config.durability == "write-through"
+        self.pending: dict[str, ActiveKey] = {}  # keys with changes to commit
+        # Write-through: called when the first change of a turn is pending; the I/O shell
+        # runs commit() soon after (asyncio: call_soon). None: commit at once.
+        self.schedule_commit: Callable[[], None] | None = None
+        self._commit_scheduled = False
         self.stats = {
             "messages": 0,
             "duplicates": 0,
@@ -149,6 +184,9 @@ class Node:
             "stale_writes": 0,
             "store_errors": 0,
             "refused_not_owner": 0,
+            "journal_appends": 0,
+            "commits": 0,
+            "compactions": 0,
         }
 
     # ------------------------------------------------------------------ ownership
@@ -274,12 +312,22 @@ class Node:
                 self.stats["refused_not_owner"] += 1
                 raise NotOwner(f"store holds epoch {loaded.epoch} of {loaded.owner!r}")
             obj = orjson.loads(loaded.blob)
+            if loaded.journal:
+                replay(obj, loaded.journal)
             state = self.app.load_state(key, obj["state"])
             sessions = obj.get("sessions", {})
         else:
             state = self.app.initial_state(key)
         members: dict[str, Session] = {}
         ak = ActiveKey(KeyContext(key, state, self._send, members), slot_of(key), epoch, members)
+        # Keys compact their journals every checkpoint_s, each at its own phase (by slot),
+        # so that the sweeps spread the record writes instead of doing them all at once.
+        ak.phase = (ak.slot % 997) / 997 * self.config.checkpoint_s
+        ak.compacted_at = self.clock()
+        if loaded is not None and loaded.owner == self.node_id:
+            ak.record_epoch = loaded.epoch
+            ak.record_bytes = len(loaded.blob)
+            ak.journal_bytes = sum(len(e) for e in loaded.journal)
         for sid, s in sessions.items():
             out = Outbox.from_state(
                 s["out"],
@@ -314,10 +362,10 @@ class Node:
                 "sessions": {sid: s.to_state() for sid, s in ak.sessions.items()},
             }
         )
+        at = ak.epoch if epoch is None else epoch
+        owner = owner or self.node_id
         try:
-            self.store.save(
-                ak.ctx.key, ak.epoch if epoch is None else epoch, owner or self.node_id, blob
-            )
+            self.store.save(ak.ctx.key, at, owner, blob)
         except StaleEpoch as exc:
             self.stats["stale_writes"] += 1
             log.warning("stale_write", key=ak.ctx.key, epoch=exc.epoch, stored=exc.stored)
@@ -327,7 +375,134 @@ class Node:
             log.error("store_write_failed", key=ak.ctx.key, error=str(exc))
             return Persisted.FAILED
         ak.dirty = False
+        # The record holds everything: the journal is gone, what was pending is stored.
+        ak.record_epoch = at if owner == self.node_id else -1
+        ak.record_bytes = len(blob)
+        ak.compacted_at = self.clock()
+        if ak.journal_bytes:
+            self.stats["compactions"] += 1
+        ak.journal_bytes = 0
+        self._synced(ak)
         return Persisted.OK
+
+    # ------------------------------------------------------------------ write-through
+
+    def _touch(self, ak: ActiveKey, session: Session) -> None:
+        """Write-through: ``session`` is about to change (its entry goes in the journal)."""
+        if session.sid not in ak.touched:
+            ak.touched[session.sid] = (session, session.outbox.last_seq)
+
+    def _gone(self, ak: ActiveKey, sid: str) -> None:
+        """Write-through: session ``sid`` ended; the next commit says so."""
+        ak.touched[sid] = (None, 0)
+        self._changed(ak)
+
+    def _changed(self, ak: ActiveKey) -> None:
+        """Write-through: ``ak`` has changes; nothing of it is written out until they are
+        committed."""
+        ak.changed = True
+        key = ak.ctx.key
+        if self.pending.get(key) is not ak:
+            self.pending[key] = ak
+        if self.schedule_commit is None:
+            self.commit()
+        elif not self._commit_scheduled:
+            self._commit_scheduled = True
+            self.schedule_commit()
+
+    def _synced(self, ak: ActiveKey) -> None:
+        """The key's changes are stored: release the output they held."""
+        ak.touched.clear()
+        if ak.changed:
+            ak.changed = False
+            blocked, ak.blocked = ak.blocked, set()
+            for wire in blocked:
+                wire.wake()
+
+    def output_held(self, session: Session, wire: Wire) -> bool:
+        """True if ``wire`` must write nothing now: its key has uncommitted changes (it
+        is woken when they are committed)."""
+        if not self.journaling:
+            return False
+        ak = self.keys.get(session.key)
+        if ak is None or not ak.changed:
+            return False
+        ak.blocked.add(wire)
+        return True
+
+    def _entry(self, ak: ActiveKey) -> bytes:
+        ops: dict[str, SessionOp] = {}
+        for sid, (s, mark) in ak.touched.items():
+            if s is None:
+                ops[sid] = None
+                continue
+            box = s.outbox
+            after = max(mark, box.acked)
+            ops[sid] = [s.inbox.last, box.acked, s.sent_bound(), after + 1, box.texts_after(after)]
+        return encode_entry(self.app.dump_state(ak.ctx.state), ops)
+
+    def commit(self) -> None:
+        """Write-through's group commit: one journal entry per changed key, all in one
+        store transaction; then the output the changes held goes out. A key whose entry
+        is refused (a newer owner) or not written (store error) is dropped."""
+        self._commit_scheduled = False
+        if not self.pending:
+            return
+        pending, self.pending = self.pending, {}
+        batch: list[Append] = []
+        appended: list[ActiveKey] = []
+        limit = self.config.journal_max_bytes
+        budget = COMPACTIONS_PER_TURN
+        for key, ak in pending.items():
+            if not ak.changed or self.keys.get(key) is not ak:
+                continue
+            try:
+                entry = self._entry(ak)
+                full = ak.journal_bytes + len(entry) > max(limit, ak.record_bytes)
+                if ak.record_epoch != ak.epoch or (full and budget > 0):
+                    # No record of ours at this epoch to append to, or a journal as big
+                    # as the record: write the record (compaction).
+                    if full:
+                        budget -= 1
+                    self._settle(ak, self.persist(ak))
+                    continue
+            except Exception:
+                # The app's state would not serialize: nothing of it can be stored, so
+                # nothing is acknowledged (the key reloads from what was).
+                log.exception("commit_failed", key=key)
+                self._drop(ak, CloseCode.INTERNAL_ERROR, "")
+                continue
+            batch.append((key, ak.epoch, self.node_id, entry))
+            appended.append(ak)
+        if not batch:
+            return
+        self.stats["commits"] += 1
+        try:
+            results: list[StaleEpoch | None] = self.store.append_journal(batch)
+        except StoreError as exc:
+            self.stats["store_errors"] += 1
+            log.error("store_write_failed", keys=len(batch), error=str(exc))
+            for ak in appended:
+                self._settle(ak, Persisted.FAILED)
+            return
+        for ak, (_, _, _, entry), res in zip(appended, batch, results, strict=True):
+            if res is None:
+                self.stats["journal_appends"] += 1
+                ak.journal_bytes += len(entry)
+                ak.dirty = False
+                self._synced(ak)
+            else:
+                self.stats["stale_writes"] += 1
+                log.warning("stale_write", key=ak.ctx.key, epoch=res.epoch, stored=res.stored)
+                self._settle(ak, Persisted.FENCED)
+
+    def _settle(self, ak: ActiveKey, result: Persisted) -> None:
+        """After a write-through write of ``ak``: a change not stored is not acknowledged;
+        the key is forgotten (its clients reconnect, it reloads from the store)."""
+        if result is Persisted.FENCED:
+            self._drop(ak, CloseCode.NOT_OWNER, "")
+        elif result is Persisted.FAILED:
+            self._drop(ak, CloseCode.INTERNAL_ERROR, "")
 
     # ------------------------------------------------------------------ sessions
 
@@ -343,8 +518,20 @@ class Node:
             ):
                 # State was lost (a crash in a mode that had not saved it): cannot resume.
                 del ak.sessions[session.sid]
+                if session.wire is not None:
+                    # A connection still carries it: the session it serves is gone, so it
+                    # ends as a taken-over session does (4503), not silently.
+                    ak.ctx.sessions.pop(session.sid, None)
+                    if not ak.frozen:
+                        self.app.on_leave(ak.ctx, session)
+                    session.wire.close(CloseCode.SESSION_CONFLICT, "")
+                    session.wire = None
+                if self.journaling:
+                    ak.touched[session.sid] = (None, 0)
                 session = None
             else:
+                if self.journaling:
+                    self._touch(ak, session)
                 session.outbox.ack(hello.last)
                 resumed = True
         if session is None:
@@ -357,6 +544,8 @@ class Node:
                 Inbox(),
             )
             ak.sessions[session.sid] = session
+            if self.journaling:
+                self._touch(ak, session)
         elif session.wire is not None:
             session.wire.close(CloseCode.SESSION_CONFLICT, "")  # the same session twice
         self.stats["resumed" if resumed else "not_resumed"] += 1
@@ -368,9 +557,10 @@ class Node:
         ak.ctx.sessions[session.sid] = session
         self.app.on_join(ak.ctx, session, resumed)
         ak.dirty = True
-        if self.config.durability == "write-through" and self.persist(ak) is not Persisted.OK:
-            self._drop(ak, CloseCode.INTERNAL_ERROR, "")
-            raise NotOwner("could not write the new session")
+        if self.journaling:
+            self._changed(ak)
+            if self.keys.get(key) is not ak:  # committed at once, and the write failed
+                raise NotOwner("could not write the new session")
         wire.wake()
         return session, Welcome(session.sid, resumed, session.inbox.last)
 
@@ -387,6 +577,8 @@ class Node:
         ak.ctx.sessions.pop(session.sid, None)
         if not ak.frozen:
             self.app.on_leave(ak.ctx, session)
+            if self.journaling:
+                self._changed(ak)  # what on_leave changed
         if not ak.ctx.sessions:
             ak.idle_since = self.clock()
 
@@ -397,6 +589,8 @@ class Node:
         if ak is not None and ak.sessions.get(session.sid) is session:
             del ak.sessions[session.sid]
             ak.dirty = True
+            if self.journaling:
+                self._gone(ak, session.sid)
 
     def can_process(self, session: Session) -> bool:
         """True if the session's next message may be processed now (else it is held)."""
@@ -416,40 +610,48 @@ class Node:
         if not session.inbox.accept(msg.seq):
             self.stats["duplicates"] += 1
             return
+        journaling = self.journaling
+        if journaling:
+            self._touch(ak, session)
         t0 = time.perf_counter()
         self.app.on_message(ak.ctx, session, msg.data)
         self.meter.record(session.key, ak.slot, time.perf_counter() - t0)
         self.stats["messages"] += 1
         ak.dirty = True
-        if self.config.durability == "write-through":
-            result = self.persist(ak)
-            if result is Persisted.FENCED:
-                self._drop(ak, CloseCode.NOT_OWNER, "")
-                return
-            if result is Persisted.FAILED:
-                # Not written, so not acknowledged: forget the in-memory change (the key
-                # reloads from the store) and let the client resend.
-                self._drop(ak, CloseCode.INTERNAL_ERROR, "")
+        if journaling:
+            # Not acknowledged before it is committed; if the commit fails, the in-memory
+            # change is forgotten with the key (it reloads from the store) and the client
+            # resends.
+            self._changed(ak)
+            if self.keys.get(session.key) is not ak:
                 return
         if session.wire is not None:
             session.wire.wake()
 
     def receive(self, session: Session, msg: Msg) -> bool:
         """Apply a msg's ack and process it if it may be; False: the caller holds it."""
-        session.outbox.ack(msg.ack)
+        self.receive_ack(session, msg.ack)
         if not self.can_process(session):
             return False
         self.process(session, msg)
         return True
 
-    @staticmethod
-    def receive_ack(session: Session, upto: int) -> None:
+    def receive_ack(self, session: Session, upto: int) -> None:
+        """Apply a client's cumulative ack (write-through: it goes in the next entry)."""
+        if self.journaling and upto > session.outbox.acked:
+            ak = self.keys.get(session.key)
+            if ak is not None:
+                self._touch(ak, session)
         session.outbox.ack(upto)
 
     def _send(self, handle: SessionHandle, data: Any) -> None:
         session = handle if isinstance(handle, Session) else None
         if session is None:
             raise TypeError("send() needs a session from this node")
+        if self.journaling:
+            ak = self.keys.get(session.key)
+            if ak is not None:
+                self._touch(ak, session)
         try:
             session.outbox.push(orjson.dumps(data))
         except OutboxFull:
@@ -460,6 +662,8 @@ class Node:
             if ak is not None:
                 ak.sessions.pop(session.sid, None)
                 ak.ctx.sessions.pop(session.sid, None)
+                if self.journaling:
+                    self._gone(ak, session.sid)
             if session.wire is not None:
                 session.wire.close(CloseCode.SEND_QUEUE_FULL, "")
             return
@@ -470,6 +674,9 @@ class Node:
         """Forget a key (its clients reconnect: to the new owner, or to reload it)."""
         if self.keys.get(ak.ctx.key) is ak:
             del self.keys[ak.ctx.key]
+        if self.pending.get(ak.ctx.key) is ak:
+            del self.pending[ak.ctx.key]
+        ak.blocked.clear()
         self.meter.forget(ak.ctx.key)
         for s in ak.sessions.values():
             if s.wire is not None:
@@ -559,6 +766,8 @@ class Node:
         )
         if checkpoint:
             self._last_checkpoint = now
+        budget = COMPACTIONS_PER_TURN
+        period = cfg.checkpoint_s
         for key, ak in list(self.keys.items()):
             if ak.frozen:
                 continue
@@ -570,7 +779,22 @@ class Node:
                 ):
                     del ak.sessions[sid]
                     ak.dirty = True
-            if ak.dirty and checkpoint and self.persist(ak) is Persisted.FENCED:
+                    if self.journaling:
+                        self._gone(ak, sid)
+            if self.keys.get(key) is not ak:
+                continue  # its commit failed: dropped
+            if self.journaling:
+                # Write-through compacts a key's journal once a period has turned since its
+                # record was written, at the key's own phase (see activate), a few a sweep.
+                due = (
+                    budget > 0
+                    and ak.journal_bytes > 0
+                    and (now + ak.phase) // period > (ak.compacted_at + ak.phase) // period
+                )
+                budget -= due
+            else:
+                due = ak.dirty and checkpoint
+            if due and self.persist(ak) is Persisted.FENCED:
                 self._drop(ak, CloseCode.NOT_OWNER, "")
                 continue
             if (
@@ -578,7 +802,8 @@ class Node:
                 and ak.idle_since is not None
                 and now - ak.idle_since > cfg.key_idle_s
             ):
-                result = self.persist(ak) if ak.dirty else Persisted.OK
+                unsaved = ak.dirty or ak.journal_bytes > 0 or ak.changed
+                result = self.persist(ak) if unsaved else Persisted.OK
                 if result is not Persisted.FAILED:
                     del self.keys[key]
                     self.meter.forget(key)

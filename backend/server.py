@@ -130,6 +130,16 @@ class BackendServer:
         return len(self.conns)
 
     async def start(self, host: str, port: int, *, tls: ssl.SSLContext | None = None) -> Server:
+        if self.node.journaling:
+            # Group commit: what this turn of the event loop changed is written in one
+            # store transaction at the start of the next, then the held output goes out.
+            loop = asyncio.get_running_loop()
+            commit = self.node.commit
+
+            def schedule() -> None:
+                loop.call_soon(commit)
+
+            self.node.schedule_commit = schedule
         self.server = await serve(
             self._handle,
             host,

@@ -129,13 +129,13 @@ class SessionConn:
                 return
             env = decode(raw)
             if type(env) is Msg:
-                session.outbox.ack(env.ack)
+                self.node.receive_ack(session, env.ack)
                 if not self.held and self.node.can_process(session):  # the common case
                     self.node.process(session, env)
                 else:
                     self._hold(raw)
             elif type(env) is Ack:
-                session.outbox.ack(env.ack)
+                self.node.receive_ack(session, env.ack)
                 if self.held:
                     self.pump()  # an ack may have made room for held input
             else:
@@ -202,19 +202,21 @@ class SessionConn:
 
     def frames_due(self) -> list[bytes]:
         """Frames to write now: the welcome, then the outbox beyond what this connection
-        has written (or a standalone ack). Nothing once a close is wanted."""
+        has written (or a standalone ack). Nothing once a close is wanted, nor while the
+        key's changes wait for their write-through commit (it wakes the connection)."""
         if self.closing is not None:
             return []
-        out: list[bytes] = []
-        if self.welcome is not None:
-            out.append(self.welcome)
-            self.welcome = None
         session = self.session
         if session is not None:
             if self.held:
                 self.pump()
-                if self.closing is not None:
-                    return out
+            if self.closing is None and self.node.output_held(session, self):
+                return []  # write-through: not before the key's changes are stored
+        out: list[bytes] = []
+        if self.welcome is not None:
+            out.append(self.welcome)
+            self.welcome = None
+        if session is not None and self.closing is None:
             frames, session.written, session.ack_sent = due_frames(
                 session.outbox, session.written, session.inbox.last, session.ack_sent
             )

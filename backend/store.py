@@ -8,6 +8,17 @@ never overwrite what the new owner wrote, and two nodes can never both write at
 one epoch. A move's source writes the key's state *for* the destination (owner
 = destination, epoch = the move's), which fences the source off at once.
 
+Write-through adds a **journal** per key (:mod:`backend.journal`): entries
+appended after the record, each describing what one commit changed. An append
+is fenced harder than a record: it is accepted only if the stored record is the
+appender's own at the appender's epoch (same epoch, same owner), so an owner
+that was fenced off (or whose record was replaced by a handoff) cannot add to
+another owner's history. :meth:`StateStore.append_journal` takes the entries of
+many keys and writes them in one transaction (group commit), each checked on
+its own. Writing a record (``save``) clears the key's journal in the same
+transaction: the record holds everything the journal said (compaction). ``load``
+returns the record with its journal, read together.
+
 The interface is small so a networked store (Redis: a Lua compare-and-set)
 can replace SQLite; :class:`MemoryStore` is the same contract in memory, for the
 simulator and tests.
@@ -15,13 +26,16 @@ simulator and tests.
 
 from __future__ import annotations
 
+import contextlib
 import sqlite3
 import threading
 import time
+from collections.abc import Sequence
 from pathlib import Path
 from typing import NamedTuple, Protocol
 
 __all__ = [
+    "Append",
     "MemoryStore",
     "SQLiteStore",
     "StaleEpoch",
@@ -50,6 +64,11 @@ class StoredState(NamedTuple):
     epoch: int
     owner: str
     blob: bytes
+    journal: tuple[bytes, ...] = ()  # entries appended since the record, oldest first
+
+
+# One journal append: (key, epoch, owner, entry).
+Append = tuple[str, int, str, bytes]
 
 
 class StateStore(Protocol):
@@ -58,6 +77,11 @@ class StateStore(Protocol):
 
     def save(self, key: str, epoch: int, owner: str, blob: bytes) -> None:
         """Store a blob under the fence (see the module doc), else raise StaleEpoch."""
+
+    def append_journal(self, items: Sequence[Append]) -> list[StaleEpoch | None]:
+        """Append journal entries in one transaction; per item None (written) or the
+        StaleEpoch that refused it (the key's record is not the appender's own at its
+        epoch). StoreError if the transaction failed (nothing was written)."""
 
     def delete(self, key: str, epoch: int, owner: str) -> None:
         """Forget a key (fenced like save)."""
@@ -75,16 +99,30 @@ def accepts(stored: StoredState | None, epoch: int, owner: str) -> bool:
     )
 
 
+def appendable(stored: StoredState | None, epoch: int, owner: str) -> bool:
+    """The journal's fence: only the owner of the stored record, at its epoch."""
+    return stored is not None and stored.epoch == epoch and stored.owner == owner
+
+
+def refused(key: str, epoch: int, stored: StoredState | None) -> StaleEpoch:
+    return StaleEpoch(
+        key, epoch, -1 if stored is None else stored.epoch, "" if stored is None else stored.owner
+    )
+
+
 class MemoryStore:
     """The store contract in a dict (the simulator's store; it survives node crashes)."""
 
     def __init__(self) -> None:
         self.records: dict[str, StoredState] = {}
+        self.journals: dict[str, list[bytes]] = {}
         self.writes = 0
         self.refused = 0
 
     def load(self, key: str) -> StoredState | None:
-        return self.records.get(key)
+        rec = self.records.get(key)
+        journal = self.journals.get(key)
+        return rec._replace(journal=tuple(journal)) if rec is not None and journal else rec
 
     def save(self, key: str, epoch: int, owner: str, blob: bytes) -> None:
         cur = self.records.get(key)
@@ -93,7 +131,21 @@ class MemoryStore:
             assert cur is not None
             raise StaleEpoch(key, epoch, cur.epoch, cur.owner)
         self.records[key] = StoredState(epoch, owner, blob)
+        self.journals.pop(key, None)
         self.writes += 1
+
+    def append_journal(self, items: Sequence[Append]) -> list[StaleEpoch | None]:
+        out: list[StaleEpoch | None] = []
+        for key, epoch, owner, entry in items:
+            cur = self.records.get(key)
+            if not appendable(cur, epoch, owner):
+                self.refused += 1
+                out.append(refused(key, epoch, cur))
+                continue
+            self.journals.setdefault(key, []).append(entry)
+            self.writes += 1
+            out.append(None)
+        return out
 
     def delete(self, key: str, epoch: int, owner: str) -> None:
         cur = self.records.get(key)
@@ -101,6 +153,7 @@ class MemoryStore:
             assert cur is not None
             raise StaleEpoch(key, epoch, cur.epoch, cur.owner)
         self.records.pop(key, None)
+        self.journals.pop(key, None)
 
     def max_epoch(self) -> int:
         return max((r.epoch for r in self.records.values()), default=0)
@@ -139,6 +192,14 @@ class SQLiteStore:
                     " key TEXT PRIMARY KEY, epoch INTEGER NOT NULL, blob BLOB NOT NULL,"
                     " owner TEXT NOT NULL DEFAULT '')"
                 )
+                # Write-through's journal, clustered by key: a key's entries sit together,
+                # so removing them at compaction touches few pages (with a rowid table
+                # and an index, one page per entry: the keys' entries interleave).
+                self._db.execute(
+                    "CREATE TABLE IF NOT EXISTS journal ("
+                    " key TEXT NOT NULL, seq INTEGER NOT NULL, entry BLOB NOT NULL,"
+                    " PRIMARY KEY (key, seq)) WITHOUT ROWID"
+                )
                 cols = {r[1] for r in self._db.execute("PRAGMA table_info(keystate)")}
                 if "owner" not in cols:  # a store written before owners were recorded
                     self._db.execute(
@@ -152,41 +213,107 @@ class SQLiteStore:
                     raise
                 time.sleep(min(0.01 * (attempt + 1), 0.2))
 
+    def _rollback(self) -> None:
+        if self._db.in_transaction:
+            with contextlib.suppress(sqlite3.Error):
+                self._db.execute("ROLLBACK")
+
     def load(self, key: str) -> StoredState | None:
         try:
             with self._lock:
-                row = self._db.execute(
-                    "SELECT epoch, owner, blob FROM keystate WHERE key=?", (key,)
-                ).fetchone()
+                # One read transaction: the record and its journal as of one instant.
+                self._db.execute("BEGIN")
+                try:
+                    row = self._db.execute(
+                        "SELECT epoch, owner, blob FROM keystate WHERE key=?", (key,)
+                    ).fetchone()
+                    journal = (
+                        ()
+                        if row is None
+                        else tuple(
+                            bytes(r[0])
+                            for r in self._db.execute(
+                                "SELECT entry FROM journal WHERE key=? ORDER BY seq", (key,)
+                            )
+                        )
+                    )
+                finally:
+                    self._rollback()
         except sqlite3.Error as exc:
             raise StoreError(f"load {key!r}: {exc}") from exc
-        return None if row is None else StoredState(int(row[0]), str(row[1]), bytes(row[2]))
+        if row is None:
+            return None
+        return StoredState(int(row[0]), str(row[1]), bytes(row[2]), journal)
 
     def save(self, key: str, epoch: int, owner: str, blob: bytes) -> None:
         try:
             with self._lock:
-                # One statement: insert, or update only where the fence lets us.
-                cur = self._db.execute(
-                    "INSERT INTO keystate(key, epoch, owner, blob) VALUES(?,?,?,?) "
-                    "ON CONFLICT(key) DO UPDATE SET epoch=excluded.epoch, owner=excluded.owner,"
-                    " blob=excluded.blob WHERE excluded.epoch > keystate.epoch"
-                    " OR (excluded.epoch = keystate.epoch AND excluded.owner = keystate.owner)",
-                    (key, epoch, owner, blob),
-                )
-                fenced = cur.rowcount == 0
+                self._db.execute("BEGIN IMMEDIATE")
+                try:
+                    # Insert, or update only where the fence lets us; a record written
+                    # replaces the journal too (it holds all the journal said).
+                    cur = self._db.execute(
+                        "INSERT INTO keystate(key, epoch, owner, blob) VALUES(?,?,?,?) "
+                        "ON CONFLICT(key) DO UPDATE SET epoch=excluded.epoch,"
+                        " owner=excluded.owner, blob=excluded.blob"
+                        " WHERE excluded.epoch > keystate.epoch"
+                        " OR (excluded.epoch = keystate.epoch AND excluded.owner = keystate.owner)",
+                        (key, epoch, owner, blob),
+                    )
+                    fenced = cur.rowcount == 0
+                    if not fenced:
+                        self._db.execute("DELETE FROM journal WHERE key=?", (key,))
+                    self._db.execute("COMMIT")
+                finally:
+                    self._rollback()
         except sqlite3.Error as exc:
             raise StoreError(f"save {key!r}: {exc}") from exc
         if fenced:
             self._raise_stale(key, epoch)
 
+    def append_journal(self, items: Sequence[Append]) -> list[StaleEpoch | None]:
+        if not items:
+            return []
+        done: list[bool] = []
+        try:
+            with self._lock:
+                self._db.execute("BEGIN IMMEDIATE")
+                try:
+                    for key, epoch, owner, entry in items:
+                        # Fenced in the statement: written only under the appender's record.
+                        cur = self._db.execute(
+                            "INSERT INTO journal(key, seq, entry) SELECT ?,"
+                            " coalesce((SELECT max(seq) FROM journal WHERE key=?), 0) + 1, ?"
+                            " WHERE EXISTS (SELECT 1 FROM keystate"
+                            " WHERE key=? AND epoch=? AND owner=?)",
+                            (key, key, entry, key, epoch, owner),
+                        )
+                        done.append(cur.rowcount == 1)
+                    self._db.execute("COMMIT")
+                finally:
+                    self._rollback()
+        except sqlite3.Error as exc:
+            raise StoreError(f"append to the journal of {len(items)} keys: {exc}") from exc
+        out: list[StaleEpoch | None] = []
+        for (key, epoch, _, _), ok in zip(items, done, strict=True):
+            out.append(None if ok else refused(key, epoch, self.load(key)))
+        return out
+
     def delete(self, key: str, epoch: int, owner: str) -> None:
         try:
             with self._lock:
-                cur = self._db.execute(
-                    "DELETE FROM keystate WHERE key=? AND (epoch<? OR (epoch=? AND owner=?))",
-                    (key, epoch, epoch, owner),
-                )
-                fenced = cur.rowcount == 0
+                self._db.execute("BEGIN IMMEDIATE")
+                try:
+                    cur = self._db.execute(
+                        "DELETE FROM keystate WHERE key=? AND (epoch<? OR (epoch=? AND owner=?))",
+                        (key, epoch, epoch, owner),
+                    )
+                    fenced = cur.rowcount == 0
+                    if not fenced:
+                        self._db.execute("DELETE FROM journal WHERE key=?", (key,))
+                    self._db.execute("COMMIT")
+                finally:
+                    self._rollback()
         except sqlite3.Error as exc:
             raise StoreError(f"delete {key!r}: {exc}") from exc
         if fenced and self.load(key) is not None:

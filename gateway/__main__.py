@@ -13,6 +13,7 @@ from functools import cache, partial
 import structlog
 import uvloop
 
+from clientlib.io.etcd_transport import etcd_client
 from clientlib.kernel.credentials import node_credential
 from clientlib.kernel.etcd import parse_endpoints
 from clientlib.kernel.etcd_layout import Layout
@@ -31,7 +32,6 @@ from gateway.controlplane.directory import EmbeddedDirectory
 from gateway.controlplane.etcd_plane import EtcdController
 from gateway.controlplane.planner import PlannerConfig
 from gateway.etcd_routes import EtcdMirror, EtcdRoutes
-from gateway.etcd_transport import etcd_client
 from gateway.metrics import GatewayMetrics
 from gateway.route_file import FileRouteSource, write_admission
 from gateway.route_source import RouteSource, StaticDirectory

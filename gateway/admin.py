@@ -80,7 +80,10 @@ def bearer_ok(request: web.Request, secret: str | None) -> bool:
     if secret is None:
         return True
     got = request.headers.get("Authorization", "")
-    return got.startswith("Bearer ") and hmac.compare_digest(got[7:].encode(), secret.encode())
+    # The scheme is case-insensitive (RFC 7235 §2.1), as on the data plane.
+    return got[:7].lower() == "bearer " and hmac.compare_digest(
+        got[7:].strip().encode(), secret.encode()
+    )
 
 
 class AdminAPI:

@@ -167,7 +167,7 @@ class UpgradeParser:
             query = parse_qs(parts.query, errors="strict")
         except UnicodeDecodeError:
             raise HandshakeError(400, "query is not valid percent-encoded UTF-8") from None
-        key = query.get("key", [None])[0] or _text(h.get(self.key_header))
+        key = query.get("key", [None])[0] or _utf8_header(h.get(self.key_header))
         if not key:
             if self.require_key:
                 raise HandshakeError(400, "missing routing key (?key=… or header)")
@@ -190,6 +190,17 @@ def _without_token(target: str) -> str:
         return target
     kept = [p for p in query.split("&") if unquote_plus(p.partition("=")[0]) != "token"]
     return f"{path}?{'&'.join(kept)}" if kept else path
+
+
+def _utf8_header(v: bytes | None) -> str | None:
+    """The routing key header: UTF-8, as a key is everywhere else (a Latin-1 reading
+    would make ``café`` another key, maybe on another node)."""
+    if v is None:
+        return None
+    try:
+        return v.decode("utf-8")
+    except UnicodeDecodeError:
+        raise HandshakeError(400, "routing key header is not valid UTF-8") from None
 
 
 def _text(v: bytes | None) -> str | None:

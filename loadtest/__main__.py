@@ -102,6 +102,24 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
     )
     b.add_argument("--client-procs", type=int, default=1, help="load generator processes")
     b.add_argument("--profile", metavar="FILE", help="py-spy collapsed stacks of the gateway")
+    b.add_argument(
+        "--profile-system",
+        metavar="NAME",
+        help="profile this row's process instead of the gateway's (e.g. "
+        "'write-through, 100 sessions/key')",
+    )
+    b.add_argument(
+        "--durability",
+        type=lambda v: ["handoff", "checkpoint", "write-through"] if v == "all" else v.split(","),
+        help="backend: the echo backend in these durability modes (comma-separated, or "
+        "'all'), each compared with handoff at the same sessions per key",
+    )
+    b.add_argument(
+        "--per-key",
+        type=lambda v: [int(x) for x in v.split(",")],
+        default=[1, 10, 100],
+        help="backend --durability: sessions per routing key, comma-separated",
+    )
     b.add_argument("--sources", type=int, default=16, help="fanin: client source addresses")
     b.add_argument("--rate", type=float, default=1.0, help="fanin: messages/s per connection")
     b.add_argument(

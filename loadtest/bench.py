@@ -4,7 +4,10 @@ relay:   the same plain echo backends reached directly, through our gateway, thr
          nginx and through a frame-by-frame websockets relay (see
          :mod:`loadtest.bench_systems`). Closed-loop echo round trips over ``--conns``
          connections, for each ``--payload`` size.
-backend: ``python -m backend echo`` (session protocol) against a bare websockets echo.
+backend: ``python -m backend echo`` (session protocol) against a bare websockets echo;
+         with ``--durability``, the echo backend in each durability mode with 1, 10
+         and 100 sessions per routing key (``--per-key``), each compared with handoff
+         mode at the same sessions per key.
 
 The machine is shared, so systems are compared in **pairs**: with ``--pairs N``
 each system runs N times, the order reversed every other round, and each round
@@ -72,11 +75,14 @@ def measure(
     payload: int = 64,
     client_procs: int = 1,
     profile: Path | None = None,
+    keys: list[str] | None = None,
 ) -> dict[str, Any]:
     pid = sys_.proc.pid if sys_.proc else None
     spy = start_profile(pid, duration, profile) if pid and profile else None
     cpu0 = cpu_split(pid) if pid else (0.0, 0.0)
-    count, hist = drive(sys_.url, conns, duration, session, procs=client_procs, payload=payload)
+    count, hist = drive(
+        sys_.url, conns, duration, session, procs=client_procs, payload=payload, keys=keys
+    )
     cpu1 = cpu_split(pid) if pid else (0.0, 0.0)
     user, system = cpu1[0] - cpu0[0], cpu1[1] - cpu0[1]
     if spy is not None and profile is not None:
@@ -163,9 +169,40 @@ def print_profile(path: Path, top: int = 15) -> None:
 # ---------------------------------------------------------------------- pairs
 
 
+def durability_label(mode: str, per_key: int) -> str:
+    return f"{mode}, {per_key} session{'s' if per_key > 1 else ''}/key"
+
+
+def durability_specs(args: argparse.Namespace) -> tuple[list[Spec], dict[str, str]]:
+    """bench backend --durability: each mode at each sessions-per-key count, and for
+    each row the row its ratios are taken to (handoff at the same sessions per key)."""
+    specs = [
+        Spec("backend-echo", label=durability_label(m, k), durability=m, per_key=k)
+        for k in args.per_key
+        for m in args.durability
+    ]
+    if args.baseline:
+        # The other checkout's backend in the same modes, next to this one's.
+        name = checkout_name(Path(args.baseline))
+        specs += [
+            Spec(
+                "baseline",
+                label=f"baseline {name}: {durability_label(m, k)}",
+                durability=m,
+                per_key=k,
+            )
+            for k in args.per_key
+            for m in args.durability
+            if m != "handoff"
+        ]
+    return specs, {s.name: durability_label("handoff", s.per_key) for s in specs}
+
+
 def specs_for(args: argparse.Namespace) -> tuple[list[Spec], str]:
     """The systems to alternate and the reference the ratios are taken to."""
     base_label = f"baseline {checkout_name(Path(args.baseline))}" if args.baseline else ""
+    if args.what == "backend" and getattr(args, "durability", None):
+        return durability_specs(args)[0], "handoff at the same sessions per key"
     if args.what == "backend":
         if args.baseline:
             return [Spec("backend-echo"), Spec("baseline", label=base_label)], base_label
@@ -242,19 +279,30 @@ def run_pairs(
                     Path(args.profile)
                     if args.profile
                     and pair == 0
-                    and spec.kind == "gateway"
+                    and (
+                        spec.kind == "gateway"
+                        if args.profile_system is None
+                        else spec.name == args.profile_system
+                    )
                     and payload == args.payload[0]
                     else None
                 )
+                conns, keys = args.conns, None
+                if spec.per_key:
+                    # Every mode at the same concurrency: as many connections as the most
+                    # sessions per key asked for (at least --conns), spread over keys.
+                    conns = max(args.conns, *args.per_key)
+                    keys = [f"k{i}" for i in range(max(conns // spec.per_key, 1))]
                 rec = measure(
                     s,
-                    args.conns,
+                    conns,
                     args.duration,
                     idle,
                     args.what == "backend" and spec.kind != "bare-websockets",
                     payload=payload,
                     client_procs=args.client_procs,
                     profile=profile,
+                    keys=keys,
                 )
                 rec["pair"] = pair
                 print(orjson.dumps(rec).decode(), flush=True)
@@ -265,12 +313,16 @@ def run_pairs(
     return rows, reference
 
 
-def summarize(rows: list[dict[str, Any]], reference: str) -> list[dict[str, Any]]:
+def summarize(
+    rows: list[dict[str, Any]], reference: str, refs: dict[str, str] | None = None
+) -> list[dict[str, Any]]:
     """Per payload and system: the median of each figure over the pairs, and the median
-    of the per-pair ratios to the reference measured in the same pair."""
+    of the per-pair ratios to the reference measured in the same pair (``refs``: a
+    reference per system, where it has its own)."""
     out: list[dict[str, Any]] = []
     keys = list(dict.fromkeys((r["payload"], r["system"]) for r in rows))
     for payload, system in keys:
+        ref_name = (refs or {}).get(system, reference)
         mine = [r for r in rows if r["payload"] == payload and r["system"] == system]
         summary: dict[str, Any] = {"system": system, "payload": payload, "pairs": len(mine)}
         for m in METRICS:
@@ -285,7 +337,7 @@ def summarize(rows: list[dict[str, Any]], reference: str) -> list[dict[str, Any]
                         for x in rows
                         if x["pair"] == r["pair"]
                         and x["payload"] == payload
-                        and x["system"] == reference
+                        and x["system"] == ref_name
                     ),
                     None,
                 )
@@ -384,7 +436,12 @@ def run_bench(args: argparse.Namespace) -> int:
             reference = "gateway, no slow reader"
         else:
             rows, reference = run_pairs(args, work, procs)
-            summary = summarize(rows, reference)
+            refs = (
+                durability_specs(args)[1]
+                if args.what == "backend" and getattr(args, "durability", None)
+                else None
+            )
+            summary = summarize(rows, reference, refs)
     finally:
         for proc in procs:
             if proc.poll() is None:

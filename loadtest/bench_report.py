@@ -16,6 +16,8 @@ __all__ = ["block_name", "command_of", "write_markdown"]
 def block_name(args: argparse.Namespace) -> str:
     if getattr(args, "systems", None):
         return f"{args.what}-{'-'.join(args.systems)}"
+    if getattr(args, "durability", None):
+        return f"{args.what}-durability" + ("-baseline" if args.baseline else "")
     if getattr(args, "baseline", None):
         return f"{args.what}-baseline"
     if getattr(args, "workers", 1) > 1:
@@ -39,6 +41,10 @@ def command_of(args: argparse.Namespace) -> str:
         cmd += f" --baseline {args.baseline}"
     if getattr(args, "systems", None):
         cmd += f" --systems {','.join(args.systems)}"
+    if getattr(args, "durability", None):
+        cmd += f" --durability {','.join(args.durability)}"
+        if args.per_key != [1, 10, 100]:
+            cmd += " --per-key " + ",".join(str(k) for k in args.per_key)
     return cmd
 
 

@@ -68,6 +68,8 @@ class Spec:
     kind: str  # direct | gateway | nginx | naive-relay | baseline | backend-echo | …
     workers: int = 1
     label: str = ""
+    durability: str = ""  # backend: the durability mode ("": the backend's default)
+    per_key: int = 0  # backend: sessions per routing key (0: one key per connection)
 
     @property
     def name(self) -> str:
@@ -215,6 +217,8 @@ def start_backend_system(spec: Spec, work: Path, baseline: Path | None = None) -
             "--log-level",
             "warning",
         ]
+        if spec.durability:
+            flags += ["--durability", spec.durability]
         if cwd is not None:
             flags = keep_known(flags, "backend", cwd)
         proc = start([py, "-m", "backend", "echo", *flags], work / f"{spec.kind}.log", cwd=cwd)

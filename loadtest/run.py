@@ -17,6 +17,7 @@ from typing import Any
 import aiohttp
 import orjson
 
+from backend.journal import current
 from clientlib.kernel.routing import slot_of
 from loadtest.cluster import ClusterTopology, Hosts
 from loadtest.model import ClientSpec, Hotspot, build_clients, capacity_for
@@ -80,8 +81,15 @@ def read_counts(store: Path | str) -> dict[str, int]:
     db = sqlite3.connect(f"file:{store}?mode=ro", uri=True)
     try:
         out: dict[str, int] = {}
+        journals: dict[str, list[bytes]] = {}
+        has_journal = db.execute(
+            "SELECT 1 FROM sqlite_master WHERE type='table' AND name='journal'"
+        ).fetchone()
+        if has_journal:  # write-through's entries since each record
+            for key, entry in db.execute("SELECT key, entry FROM journal ORDER BY key, seq"):
+                journals.setdefault(key, []).append(bytes(entry))
         for key, blob in db.execute("SELECT key, blob FROM keystate"):
-            state = orjson.loads(blob).get("state") or {}
+            state = current(blob, journals.get(key, ())).get("state") or {}
             if isinstance(state, dict) and "count" in state:
                 out[key] = int(state["count"])
         return out

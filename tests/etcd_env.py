@@ -14,10 +14,10 @@ from backend.apps.counter import CounterApp
 from backend.config import BackendConfig
 from backend.control_agent import ControlAgent
 from backend.etcd_link import EtcdLink
-from backend.etcd_transport import AiohttpTransport
 from backend.load import LoadMeter
 from backend.node import Node
 from backend.store import MemoryStore
+from clientlib.io.etcd_transport import AiohttpTransport
 from clientlib.kernel.etcd import EtcdClient, EtcdUnavailable
 from clientlib.kernel.etcd_layout import Layout
 from loadtest.services import EtcdCluster, missing

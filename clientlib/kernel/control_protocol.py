@@ -208,6 +208,9 @@ class Release:
     move: int
     epoch: int
     targets: tuple[tuple[Unit, str], ...]  # (unit, new owner)
+    # The table version the move was planned on: a node whose table is older does not
+    # know every key that has a unit of its own, so it must not act yet (0: unknown).
+    version: int = 0
 
 
 @dataclass(frozen=True, slots=True)
@@ -264,13 +267,14 @@ def encode(msg: ControlMessage) -> bytes:
             return orjson.dumps({"t": "leave", "node": node})
         case TableUpdate(table):
             return orjson.dumps({"t": "table", "table": table.to_json()})
-        case Release(move, epoch, targets):
+        case Release(move, epoch, targets, version):
             return orjson.dumps(
                 {
                     "t": "release",
                     "move": move,
                     "epoch": epoch,
                     "targets": [[kind, u, dst] for (kind, u), dst in targets],
+                    "version": version,
                 }
             )
         case Left():
@@ -344,7 +348,12 @@ def _release(o: dict[str, Any]) -> Release:
         if not isinstance(item, list) or len(item) != 3:
             raise ProtocolError("release.targets: items are [kind, unit, node]")
         targets.append((_unit(item[0], item[1]), _node_id(item[2])))
-    return Release(_int(o.get("move"), "move"), _int(o.get("epoch"), "epoch"), tuple(targets))
+    return Release(
+        _int(o.get("move"), "move"),
+        _int(o.get("epoch"), "epoch"),
+        tuple(targets),
+        _int(o.get("version", 0), "version"),
+    )
 
 
 def _released(o: dict[str, Any]) -> Released:

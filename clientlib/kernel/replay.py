@@ -105,6 +105,17 @@ class Outbox:
         """Encoded envelopes for messages with seq > ``written`` (not yet on this connection)."""
         return [encode_msg_raw(p.seq, ack, p.data_json) for p in self._items if p.seq > written]
 
+    def texts_after(self, seq: int) -> list[str]:
+        """The data (JSON text) of the unacked messages numbered above ``seq``, oldest
+        first; costs what it returns, not the whole buffer."""
+        out: list[str] = []
+        for p in reversed(self._items):
+            if p.seq <= seq:
+                break
+            out.append(p.data_json.decode())
+        out.reverse()
+        return out
+
     def to_state(self) -> dict[str, Any]:
         return {
             "next_seq": self.next_seq,

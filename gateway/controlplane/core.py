@@ -247,7 +247,9 @@ class ControlCore:
                 out += self._abort(now, rec, "aborted: timeout")
             elif now >= rec.next_send:
                 rec.next_send = now + self.cfg.release_retry_s
-                out.append(Send(rec.src, cp.Release(rec.id, rec.epoch, rec.targets)))
+                # The table first: a source that missed it ignores the release.
+                out.append(Send(rec.src, cp.TableUpdate(d.table)))
+                out.append(Send(rec.src, self._release_order(rec)))
         out += self._plan(now)
         return out
 
@@ -314,7 +316,10 @@ class ControlCore:
         d.moves[rec.id] = rec
         d.save()  # the epoch and the record, before the release goes out
         rec.next_send = now + self.cfg.release_retry_s
-        return rec.id, [Send(src, cp.Release(rec.id, rec.epoch, rec.targets))]
+        return rec.id, [Send(src, self._release_order(rec))]
+
+    def _release_order(self, rec: MoveRecord) -> cp.Release:
+        return cp.Release(rec.id, rec.epoch, rec.targets, self.dir.table.version)
 
     def _arm(self, rec: MoveRecord, now: float) -> None:
         rec.started = now

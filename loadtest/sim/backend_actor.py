@@ -87,6 +87,9 @@ class BackendActor:
             recorder, store, meter, w.scenario.backend_config(self.name), clock=w.sched.clock
         )
         self.node.new_sid = w.new_sid
+        # Write-through's group commit, as the server's call_soon: a turn of its own, after
+        # the events already due (a crash or a stall may come between).
+        self.node.schedule_commit = lambda: self.timer(0.0, self._commit)
         recorder.node = self.node
         self.agent = ControlAgent(
             self.node, meter, advertise=(self.name, 9000), incarnation=self.inc
@@ -175,6 +178,10 @@ class BackendActor:
             cid = next(iter(self._woken))
             conn = self._woken.pop(cid)
             conn.flush()
+
+    def _commit(self) -> None:
+        if self.node is not None:
+            self.node.commit()
 
     def _sweep(self) -> None:
         assert self.node is not None

@@ -102,6 +102,11 @@ class PlaneActor:
 
     def apply(self, effects: list[Effect]) -> None:
         if self.crash_mid_step and effects:
+            # The step's decisions are in the directory already (written before any
+            # effect): a node presumed dead stays presumed dead after the restart.
+            for e in effects:
+                if isinstance(e, Disconnect):
+                    self._declared_dead(e.node, e.reason)
             self.log(f"crashes before sending {len(effects)} effects")
             self.crash()
             return

@@ -4,19 +4,21 @@
 checker what each handler did: the position of the state it found, the entry
 it applied, what it queued for which session. :class:`FaultyStore` wraps the
 shared :class:`~backend.store.MemoryStore` for one node incarnation: it injects
-the store faults of the profile and reports every accepted write.
+the store faults of the profile (into records and write-through's journal appends
+alike) and reports every accepted write.
 """
 
 from __future__ import annotations
 
 import random
+from collections.abc import Sequence
 from typing import Any
 
 import orjson
 
 from backend.app import App, KeyContext, SessionHandle
 from backend.node import Node, Session
-from backend.store import MemoryStore, StoredState, StoreError
+from backend.store import Append, MemoryStore, StaleEpoch, StoredState, StoreError
 from loadtest.sim.invariants import Checker
 
 __all__ = ["FaultyStore", "Recorder", "StoreFaults"]
@@ -157,6 +159,23 @@ class FaultyStore:
     def _save(self, key: str, epoch: int, owner: str, blob: bytes) -> None:
         self.store.save(key, epoch, owner, blob)  # StaleEpoch propagates
         self.checker.store_write(key, epoch, owner, self.node)
+
+    def append_journal(self, items: Sequence[Append]) -> list[StaleEpoch | None]:
+        """Write-through's group commit: the whole batch fails (ambiguous: it may have
+        been written, and still report the error), or each entry is fenced on its own."""
+        if self.faults.draw(self.node):
+            self.checker.licence(self.inc)
+            if self.faults.ambiguous and self.faults.rng.random() < 0.5:
+                self._append(items)
+            raise self._fail(f"append {len(items)} entries")
+        return self._append(items)
+
+    def _append(self, items: Sequence[Append]) -> list[StaleEpoch | None]:
+        results = self.store.append_journal(items)
+        for (key, epoch, owner, _), res in zip(items, results, strict=True):
+            if res is None:
+                self.checker.store_write(key, epoch, owner, self.node)
+        return results
 
     def delete(self, key: str, epoch: int, owner: str) -> None:
         self.store.delete(key, epoch, owner)

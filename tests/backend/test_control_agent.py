@@ -6,8 +6,9 @@ import pytest
 
 from backend.control_agent import LEASE_CHECK_S, ControlAgent
 from clientlib.kernel import control_protocol as cp
-from clientlib.kernel.routing import SlotTable
-from tests.backend.conftest import make_node
+from clientlib.kernel.routing import SlotTable, slot_of
+from clientlib.kernel.session_protocol import Hello
+from tests.backend.conftest import FakeWire, make_node
 
 pytestmark = pytest.mark.timeout(30)
 
@@ -65,3 +66,32 @@ def test_a_registration_that_never_arrived_is_sent_again(store, clock):
     agent.received(clock(), cp.Granted(0, 3000))
     assert agent.registered
     assert agent.received(clock(), cp.ControlError("something else")) == []  # registered
+
+
+def test_a_release_waits_for_the_table_it_was_planned_on(store, clock):
+    """Found by the simulator (seed 7674, adversarial, checkpoint): the table that gave a
+    key its own unit on this node was lost on the way; a release of the key's slot then
+    flushed the key for the slot's new owner at a newer epoch, and the key, still routed
+    here, was refused by the store on this node forever (a 4003 loop)."""
+    agent = agent_for(store, clock)
+    node = agent.node
+    agent.connected(clock())
+    old = SlotTable.empty()
+    for s in range(len(old.owners)):
+        old.set_slot(s, "a", 1)
+    agent.received(clock(), cp.TableUpdate(old))
+    agent.received(clock(), cp.Granted(0, 3000))
+    node.attach("hot", node.serving_epoch("hot", 2), Hello(None, 0), FakeWire())
+    new = old.copy()
+    new.set_override("hot", "a", 2)  # this update is the one lost
+    unit = ("slot", slot_of("hot"))
+    release = cp.Release(1, 3, ((unit, "b"),), new.version)
+    assert agent.received(clock(), release) == []  # not acted on, not answered
+    assert not node.keys["hot"].frozen and node.released_epoch("hot") < 0
+    # The plane sends the table, then the release again.
+    agent.received(clock(), cp.TableUpdate(new))
+    (answer,) = agent.received(clock(), release)
+    assert isinstance(answer, cp.Released) and answer.error == ""
+    assert not node.keys["hot"].frozen  # its own unit stays: not part of the slot
+    loaded = store.load("hot")
+    assert loaded is None or (loaded.epoch, loaded.owner) != (3, "b")

@@ -1,9 +1,9 @@
 """The node's core: sessions, resume, durability, and the serving rule under moves."""
 
-import orjson
 import pytest
 
 from backend.apps.chat import ChatApp
+from backend.journal import current
 from backend.node import NotOwner
 from backend.store import StoreError
 from clientlib.kernel.routing import SlotTable, slot_of, static_table
@@ -29,8 +29,9 @@ def replies(session):
 
 
 def state_of(store, key):
+    """The key as stored: its record, with write-through's journal replayed."""
     rec = store.load(key)
-    return None if rec is None else orjson.loads(rec.blob)
+    return None if rec is None else current(rec.blob, rec.journal)
 
 
 def table_with(owners: dict[int, str], default: str = "a", epoch: int = 1) -> SlotTable:
@@ -312,6 +313,11 @@ class FailingStore:
         if self.fail:
             raise StoreError("disk full")
         return self.inner.save(*a)
+
+    def append_journal(self, items):
+        if self.fail:
+            raise StoreError("disk full")
+        return self.inner.append_journal(items)
 
 
 def test_a_key_that_cannot_be_claimed_is_not_served(store, clock):

@@ -9,6 +9,7 @@ from hypothesis import strategies as st
 from backend.redis_store import RedisStore, open_store
 from backend.store import MemoryStore, SQLiteStore, StaleEpoch, StoredState, StoreError, accepts
 from loadtest.services import RedisServer, missing
+from tests.backend.conftest import check_journal_fence
 
 pytestmark = [
     pytest.mark.timeout(60),
@@ -117,3 +118,14 @@ def test_fence_counts_and_counter_values(rstore):
         rstore.save("c1", 1, "b", b'{"state": {"count": 9}}')
     assert rstore.fence_counts() == {"accepted": 2, "refused": 1}
     assert rstore.counts() == {"c1": 3, "c2": 5}
+
+
+def test_journal_appends_are_fenced(rstore):
+    check_journal_fence(rstore)
+
+
+def test_journal_in_counts(rstore):
+    """The loadtest's ground truth reads the record with its journal replayed."""
+    rstore.save("c", 1, "a", b'{"state": {"count": 3}, "sessions": {}}')
+    rstore.append_journal([("c", 1, "a", b'{"st": {"count": 4}, "s": {}}')])
+    assert rstore.counts() == {"c": 4}

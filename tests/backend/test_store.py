@@ -6,6 +6,7 @@ from hypothesis import given, settings
 from hypothesis import strategies as st
 
 from backend.store import MemoryStore, SQLiteStore, StaleEpoch, StoredState, StoreError, accepts
+from tests.backend.conftest import check_journal_fence
 
 
 def test_fenced_writes(store):
@@ -129,3 +130,30 @@ def _open_and_write(path: str, i: int, start: Any) -> None:
     s = SQLiteStore(path)
     s.save(f"k{i}", 1, "n", b"x")
     s.close()
+
+
+@pytest.mark.parametrize("kind", ["sqlite", "memory"])
+def test_journal_appends_are_fenced(tmp_path, kind):
+    s = SQLiteStore(tmp_path / "j.db") if kind == "sqlite" else MemoryStore()
+    try:
+        check_journal_fence(s)
+    finally:
+        s.close()
+
+
+def test_journal_survives_reopening_and_is_shared(tmp_path):
+    """Another process's store (another connection to the file) sees the journal."""
+    a, b = SQLiteStore(tmp_path / "j.db"), SQLiteStore(tmp_path / "j.db")
+    try:
+        a.save("k", 1, "n", b"r")
+        a.append_journal([("k", 1, "n", b"e1"), ("k", 1, "n", b"e2")])
+        assert b.load("k") == StoredState(1, "n", b"r", (b"e1", b"e2"))
+        # Rowids stay in order as other keys come and go.
+        b.save("x", 1, "n", b"x")
+        b.append_journal([("x", 1, "n", b"x1")])
+        b.save("x", 1, "n", b"x2")
+        a.append_journal([("k", 1, "n", b"e3")])
+        assert b.load("k").journal == (b"e1", b"e2", b"e3")
+    finally:
+        a.close()
+        b.close()

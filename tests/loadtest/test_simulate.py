@@ -15,6 +15,7 @@ from backend.control_agent import ControlAgent
 from backend.node import Node, NotOwner, Persisted
 from clientlib.kernel import control_protocol as cp
 from clientlib.kernel.session_protocol import Hello
+from gateway.controlplane.core import ControlCore
 from gateway.controlplane.directory import EmbeddedDirectory
 from loadtest.sim import simulate
 from loadtest.sim.faults import PROFILES
@@ -101,6 +102,14 @@ def test_an_ack_before_the_write_is_caught(monkeypatch):
     found = first_violation("default", "write-through")
     assert found is not None and found[0] == "exactly-once", found
     assert "acknowledged" in found[1]
+
+
+def test_output_before_the_group_commit_is_caught(monkeypatch):
+    """Plant: write-through lets a connection write (acks, replies) before the journal
+    entry of what they report is committed."""
+    monkeypatch.setattr(Node, "output_held", lambda self, session, wire: False)
+    found = first_violation("default", "write-through")
+    assert found is not None and found[0] == "exactly-once", found
 
 
 def test_a_resume_after_lost_state_is_caught(monkeypatch):
@@ -241,16 +250,21 @@ def test_seed_232_a_reloaded_room_resumes_no_member_that_saw_lost_messages(monke
     replays(monkeypatch, undo_resume_bound, 232, "heavy", "checkpoint", "no-silent-rollback")
 
 
-def test_seed_532_the_resume_bound_survives_a_handoff_after_lost_state(monkeypatch):
-    """Found by seed 539 (heavy, checkpoint) of the simulator as it then was (seed 49 here
-    until the first table followed the nodes' capacities)."""
-    replays(monkeypatch, undo_bound_in_the_store, 532, "heavy", "handoff", "no-silent-rollback")
+def test_seed_49_the_resume_bound_survives_a_handoff_after_lost_state(monkeypatch):
+    """Found by seed 539 (heavy, checkpoint) of the simulator as it then was (559 before
+    the first table followed the nodes' capacities)."""
+    replays(monkeypatch, undo_bound_in_the_store, 49, "heavy", "checkpoint", "no-silent-rollback")
 
 
-def test_seed_10_units_of_the_last_node_gone_find_a_new_owner(monkeypatch):
-    """Found by seed 382 (heavy, handoff) of the simulator as it then was (seed 29 here
-    until the first table followed the nodes' capacities)."""
-    replays(monkeypatch, undo_orphans, 10, "heavy", "write-through", "availability")
+def test_seed_320_a_node_past_its_lease_takes_no_session_for_a_key_in_memory(monkeypatch):
+    """Found by seed 500 (heavy, checkpoint) of the simulator as it then was."""
+    replays(monkeypatch, undo_lease_check_in_memory, 320, "heavy", "checkpoint", "single-owner")
+
+
+def test_seed_53_units_of_the_last_node_gone_find_a_new_owner(monkeypatch):
+    """Found by seed 382 (heavy, handoff) of the simulator as it then was (41 before the
+    first table followed the nodes' capacities)."""
+    replays(monkeypatch, undo_orphans, 53, "heavy", "write-through", "availability")
 
 
 def test_seed_48_a_lost_registration_is_sent_again(monkeypatch):
@@ -264,7 +278,20 @@ def test_seed_769_a_release_acts_once_and_never_after_its_move(monkeypatch):
     replays(monkeypatch, undo_release_once, 769, "adversarial", "checkpoint", "single-owner")
 
 
-def test_seed_131_a_node_cut_off_stops_before_its_keys_are_given_away(monkeypatch):
-    """Found by seed 115 (heavy, handoff), 131 since the first table follows the nodes'
-    capacities."""
-    replays(monkeypatch, undo_lease_margin, 131, "heavy", "handoff", "single-owner")
+def test_seed_308_a_node_cut_off_stops_before_its_keys_are_given_away(monkeypatch):
+    """Found by seed 115 (heavy, handoff) of the simulator as it then was."""
+    replays(monkeypatch, undo_lease_margin, 308, "heavy", "handoff", "single-owner")
+
+
+def undo_release_version(monkeypatch):
+    """A release does not say which table it was planned on: the source acts at once."""
+    monkeypatch.setattr(
+        ControlCore,
+        "_release_order",
+        lambda self, rec: cp.Release(rec.id, rec.epoch, rec.targets),
+    )
+
+
+def test_seed_7674_a_release_waits_for_the_table_it_was_planned_on(monkeypatch):
+    """Found by seed 7674 (adversarial, checkpoint) of the 20,000-seed run."""
+    replays(monkeypatch, undo_release_version, 7674, "adversarial", "checkpoint", "availability")

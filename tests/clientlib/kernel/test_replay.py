@@ -98,3 +98,13 @@ def test_exactly_once_through_random_disconnects(drops, seed):
         if inbox.accept(m.seq):
             received.append(m.data)
     assert received == list(range(1, n + 1))
+
+
+def test_texts_after_returns_only_the_newest():
+    box = Outbox(max_count=10)
+    for i in range(1, 6):
+        box.push(b'{"i":%d}' % i)
+    box.ack(2)
+    assert box.texts_after(3) == ['{"i":4}', '{"i":5}']
+    assert box.texts_after(0) == ['{"i":3}', '{"i":4}', '{"i":5}']  # acked ones are gone
+    assert box.texts_after(5) == []

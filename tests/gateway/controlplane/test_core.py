@@ -123,8 +123,15 @@ def test_release_is_resent_until_answered_then_aborted_at_a_newer_epoch():
         clock.t += 0.5
         for n in ("a", "b"):
             core.received(clock.t, n, cp.Report(1, load(), d.table.version))
-        resent += sent(core.tick(clock.t), "a", cp.Release)
+        out = core.tick(clock.t)
+        resent += sent(out, "a", cp.Release)
+        to_a = [e.msg for e in out if isinstance(e, Send) and e.node == "a"]
+        if any(isinstance(m, cp.Release) for m in to_a):
+            assert [type(m) for m in to_a[-2:]] == [cp.TableUpdate, cp.Release]
     assert len(resent) >= 4  # every release_retry_s
+    # Each carries the table it was planned on, and goes right after that table (a
+    # source that missed the table ignores the release until it has it).
+    assert {r.version for r in resent} == {d.table.version}
     clock.t += 1.0
     for n in ("a", "b"):
         core.received(clock.t, n, cp.Report(1, load(), d.table.version))

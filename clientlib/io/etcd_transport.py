@@ -2,7 +2,6 @@
 
 The protocol lives in :mod:`clientlib.kernel.etcd`; this only moves bytes and
 turns every network failure into :class:`~clientlib.kernel.etcd.EtcdUnavailable`.
-(The backend has the same few lines: peers do not import each other.)
 """
 
 from __future__ import annotations

@@ -4,8 +4,8 @@ from __future__ import annotations
 
 import pytest
 
+from clientlib.io.etcd_transport import etcd_client
 from clientlib.kernel.etcd import EtcdError
-from gateway.etcd_transport import etcd_client
 from loadtest.services import EtcdCluster, missing
 from tests.gateway.gwproc import make_cert
 
