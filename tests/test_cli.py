@@ -58,3 +58,22 @@ def test_credential_command_derives_a_nodes_credential():
     assert p.returncode == 0
     assert p.stdout.strip() == node_credential("s3cret", "node-7")
     assert p.stdout.strip() != node_credential("s3cret", "node-8")
+
+
+def test_workers_with_etcd_are_refused(tmp_path):
+    p = run(
+        "gateway",
+        "--workers",
+        "2",
+        "--etcd",
+        "127.0.0.1:1",
+        "--control-secret",
+        "x",
+        "--listen",
+        "127.0.0.1:9555",
+        "--admin-listen",
+        "127.0.0.1:9556",
+        "--state-dir",
+        str(tmp_path),
+    )
+    assert p.returncode == 2 and "--workers and --etcd do not go together" in p.stderr
