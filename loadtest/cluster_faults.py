@@ -23,7 +23,6 @@ from __future__ import annotations
 
 import argparse
 import asyncio
-import contextlib
 import os
 import time
 from collections.abc import Sequence
@@ -34,7 +33,7 @@ from typing import Any
 import aiohttp
 import orjson
 
-from clientlib import Client, ClientError
+from clientlib import Client
 from clientlib.kernel.backoff import BackoffPolicy
 from loadtest.cluster import ClusterTopology, Hosts, on_client_host
 from loadtest.netfault import Stream, pct
@@ -63,37 +62,12 @@ def _log_time(log: Path, event: str, after: float) -> float | None:
     return None
 
 
-class OpenStream(Stream):
-    """A stream that sends until told to stop, then waits for its last replies."""
-
-    until = float("inf")
-
-    async def run(self, until: float) -> None:
-        reader = asyncio.create_task(self._read())
-        watcher = asyncio.create_task(self._watch())
-        try:
-            nxt = time.monotonic()
-            while nxt < self.until:
-                nxt += 1 / self.rate
-                await asyncio.sleep(max(0.0, nxt - time.monotonic()))
-                self.sent += 1
-                await self.client.send({"n": self.sent, "t": nxt})
-            deadline = time.monotonic() + 40
-            while len(self.replies) < self.sent and time.monotonic() < deadline:
-                await asyncio.sleep(0.05)
-        finally:
-            for task in (reader, watcher):
-                task.cancel()
-                with contextlib.suppress(asyncio.CancelledError, ClientError):
-                    await task
-
-
 class Run:
-    def __init__(self, topo: ClusterTopology, streams: list[OpenStream]):
+    def __init__(self, topo: ClusterTopology, streams: list[Stream]):
         self.topo = topo
         self.streams = streams
 
-    def on(self, gw: str) -> list[OpenStream]:
+    def on(self, gw: str) -> list[Stream]:
         url = self.topo.urls[list(self.topo.gws).index(gw)]
         return [st for st in self.streams if st.client.url.startswith(url)]
 
@@ -290,8 +264,8 @@ async def inside(args: argparse.Namespace) -> int:
     results: list[dict[str, Any]] = []
     try:
         await topo.start()
-        streams: list[OpenStream] = [
-            OpenStream(
+        streams: list[Stream] = [
+            Stream(
                 Client(
                     topo.urls,
                     f"cf:{i}",
@@ -310,7 +284,7 @@ async def inside(args: argparse.Namespace) -> int:
         run = Run(topo, streams)
         plan = [f for f in args.fault if hosts.netns or "partition" not in f]
         skipped = [f for f in args.fault if f not in plan]
-        tasks = [asyncio.create_task(st.run(0.0)) for st in streams]
+        tasks = [asyncio.create_task(st.run(float("inf"))) for st in streams]
         async with aiohttp.ClientSession() as s:
             await asyncio.sleep(3)
             for fault in plan:
@@ -319,7 +293,7 @@ async def inside(args: argparse.Namespace) -> int:
                 print(orjson.dumps(r).decode(), flush=True)
                 results.append(r)
         for st in streams:
-            st.until = time.monotonic()  # stop sending; each waits for its last replies
+            st.stop_at = time.monotonic()  # stop sending; each waits for its last replies
         await asyncio.gather(*tasks)
         totals = {"sent": 0, "lost": 0, "duplicated": 0, "reordered": 0}
         for st in streams:

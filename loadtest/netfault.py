@@ -57,13 +57,14 @@ class Stream:
     latencies: list[tuple[float, float]] = field(default_factory=list)  # (at, ms)
     disconnects: list[float] = field(default_factory=list)
     connects: list[float] = field(default_factory=list)
+    stop_at: float = float("inf")  # may be moved while it runs: sending ends at the earlier
 
     async def run(self, until: float) -> None:
         reader = asyncio.create_task(self._read())
         watcher = asyncio.create_task(self._watch())
         try:
             nxt = time.monotonic()
-            while nxt < until:
+            while nxt < min(until, self.stop_at):
                 nxt += 1 / self.rate
                 await asyncio.sleep(max(0.0, nxt - time.monotonic()))
                 self.sent += 1
